@@ -1,0 +1,450 @@
+"""The VAR transformer: next-scale prediction with AdaLN class conditioning (arXiv 2404.02905, Sec. 3.1, 4).
+
+The sequence is the concatenation of all token maps, coarse to fine (L = sum pn^2 tokens). Position t of scale k holds
+the embedding of the *previous* scales' reconstruction, area-downsampled to scale k (the teacher-forcing input), plus
+absolute position and level embeddings; the first scale holds the class embedding plus `pos_start`. A block-causal mask
+lets every token see its own scale and all coarser ones, so the logits at scale k predict token map k.
+
+During sampling each scale is one forward over that scale's tokens, attending to the keys and values cached from the
+coarser scales ([`VARKVCache`]).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput, logging
+
+from .configuration_var import VARTransformerConfig
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class VARKVCache:
+    """Per-layer key/value cache for scale-by-scale sampling.
+
+    With `max_len` the cache is pre-allocated once and filled in place (no concatenation per scale); without it, keys
+    and values are concatenated as in the reference. Both give the same numbers.
+    """
+
+    def __init__(self, num_layers: int, max_len: Optional[int] = None):
+        self.max_len = max_len
+        self.keys: List[Optional[torch.Tensor]] = [None] * num_layers
+        self.values: List[Optional[torch.Tensor]] = [None] * num_layers
+        self.lengths = [0] * num_layers
+
+    def update(self, layer_idx: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor):
+        """Append this scale's keys/values (B, H, l, c) and return all cached ones (B, H, L_so_far, c)."""
+        start, end = self.lengths[layer_idx], self.lengths[layer_idx] + k_BHlc.shape[2]
+        if self.max_len is None:
+            if self.keys[layer_idx] is None:
+                self.keys[layer_idx], self.values[layer_idx] = k_BHlc, v_BHlc
+            else:
+                self.keys[layer_idx] = torch.cat((self.keys[layer_idx], k_BHlc), dim=2)
+                self.values[layer_idx] = torch.cat((self.values[layer_idx], v_BHlc), dim=2)
+        else:
+            if end > self.max_len:
+                raise ValueError(f"KV cache overflow: {end} tokens > max_len={self.max_len}.")
+            if self.keys[layer_idx] is None:
+                B, H, _, c = k_BHlc.shape
+                self.keys[layer_idx] = k_BHlc.new_empty(B, H, self.max_len, c)
+                self.values[layer_idx] = v_BHlc.new_empty(B, H, self.max_len, c)
+            self.keys[layer_idx][:, :, start:end] = k_BHlc
+            self.values[layer_idx][:, :, start:end] = v_BHlc
+        self.lengths[layer_idx] = end
+        if self.max_len is None:
+            return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class VARAttention(nn.Module):
+    """Multi-head self-attention with q and v biases (k has none) and, optionally, L2-normalised q/k with a learned
+    per-head temperature (the reference's `attn_l2_norm`)."""
+
+    def __init__(self, config: VARTransformerConfig):
+        super().__init__()
+        self.embed_dim, self.num_heads = config.embed_dim, config.num_heads
+        self.head_dim = config.embed_dim // config.num_heads
+        self.attn_l2_norm = config.attn_l2_norm
+        self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(self.embed_dim))
+        self.v_bias = nn.Parameter(torch.zeros(self.embed_dim))
+        if self.attn_l2_norm:
+            # log of the per-head multiplier of the cosine similarity; starts at 4, capped at 100.
+            self.log_scale = nn.Parameter(torch.full((1, self.num_heads, 1, 1), math.log(4.0)))
+            self.max_log_scale = math.log(100.0)
+            self.scale = 1.0
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.attention_dropout = config.attention_dropout
+        self.proj_drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        kv_cache: Optional[VARKVCache] = None,
+        layer_idx: int = 0,
+    ) -> torch.Tensor:
+        B, L, C = hidden_states.shape
+        qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv_BL3Hc = F.linear(hidden_states, self.qkv.weight, qkv_bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q_BHLc, k_BHLc, v_BHLc = qkv_BL3Hc.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.attn_l2_norm:
+            scale_mul_1H11 = self.log_scale.clamp_max(self.max_log_scale).exp()
+            q_BHLc = F.normalize(q_BHLc, dim=-1).mul(scale_mul_1H11)
+            k_BHLc = F.normalize(k_BHLc, dim=-1)
+        if kv_cache is not None:
+            k_BHLc, v_BHLc = kv_cache.update(layer_idx, k_BHLc, v_BHLc)
+        out_BHLc = F.scaled_dot_product_attention(
+            q_BHLc, k_BHLc, v_BHLc,
+            attn_mask=attention_mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            scale=self.scale,
+        )
+        return self.proj_drop(self.proj(out_BHLc.transpose(1, 2).reshape(B, L, C)))
+
+
+class VARMLP(nn.Module):
+    def __init__(self, config: VARTransformerConfig):
+        super().__init__()
+        hidden = round(config.embed_dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.embed_dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, config.embed_dim)
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(hidden_states))))
+
+
+class AdaLNModulation(nn.Module):
+    """SiLU + Linear from the class condition (B, D) to `num_chunks` vectors (B, 1, num_chunks, C)."""
+
+    def __init__(self, cond_dim: int, embed_dim: int, num_chunks: int):
+        super().__init__()
+        self.embed_dim, self.num_chunks = embed_dim, num_chunks
+        self.linear = nn.Linear(cond_dim, num_chunks * embed_dim)
+
+    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.silu(cond_BD)).view(-1, 1, self.num_chunks, self.embed_dim)
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample (timm's rule, scaled by 1 / keep)."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class VARBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block whose LayerNorm scale/shift and residual gates come from the class (AdaLN)."""
+
+    def __init__(self, config: VARTransformerConfig, layer_idx: int, drop_path_rate: float):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.embed_dim = config.embed_dim
+        self.drop_path_rate = drop_path_rate
+        self.ln = nn.LayerNorm(config.embed_dim, eps=config.norm_eps, elementwise_affine=False)
+        self.attn = VARAttention(config)
+        self.mlp = VARMLP(config)
+        self.shared_aln = config.shared_aln
+        if self.shared_aln:
+            # Added to the shared projection of the condition: (1, 1, 6, C).
+            self.adaln_table = nn.Parameter(torch.zeros(1, 1, 6, config.embed_dim))
+        else:
+            self.adaln = AdaLNModulation(config.embed_dim, config.embed_dim, 6)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cond_BD: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        kv_cache: Optional[VARKVCache] = None,
+    ) -> torch.Tensor:
+        """`cond_BD` is the class embedding (B, D), or with shared AdaLN the shared projection (B, 1, 6, C)."""
+        modulation_B16C = self.adaln_table + cond_BD if self.shared_aln else self.adaln(cond_BD)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation_B16C.unbind(2)  # each (B, 1, C)
+        attn_in = self.ln(hidden_states).mul(scale1.add(1)).add_(shift1)
+        attn_out = self.attn(attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx)
+        hidden_states = hidden_states + drop_path(attn_out.mul(gamma1), self.drop_path_rate, self.training)
+        mlp_out = self.mlp(self.ln(hidden_states).mul(scale2.add(1)).add_(shift2))
+        return hidden_states + drop_path(mlp_out.mul(gamma2), self.drop_path_rate, self.training)
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, config: VARTransformerConfig):
+        super().__init__()
+        self.ln = nn.LayerNorm(config.embed_dim, eps=config.norm_eps, elementwise_affine=False)
+        self.adaln = AdaLNModulation(config.embed_dim, config.embed_dim, 2)
+
+    def forward(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.adaln(cond_BD).unbind(2)
+        return self.ln(hidden_states).mul(scale.add(1)).add_(shift)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VARTransformerOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor`, *optional*):
+            Cross-entropy over all tokens (label smoothing from the config), when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, seq_len, vocab_size)`):
+            Next-scale logits, in float32.
+        hidden_states (`torch.FloatTensor` of shape `(batch_size, seq_len, embed_dim)`, *optional*):
+            Output of the last block, when `output_hidden_states=True`.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[torch.FloatTensor] = None
+
+
+class VARPreTrainedModel(PreTrainedModel):
+    config_class = VARTransformerConfig
+    base_model_prefix = "transformer"
+    main_input_name = "class_labels"
+    _no_split_modules = ["VARBlock"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _std(self) -> float:
+        return self.config.init_std if self.config.init_std >= 0 else math.sqrt(1 / self.config.embed_dim / 3)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The reference's `init_weights`: truncated normal everywhere, then the VAR-specific gains.
+
+        `transformers.initialization` skips tensors that were loaded from a checkpoint, so only fresh weights move.
+        """
+        cfg, std = self.config, self._std()
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.trunc_normal_(module.weight, std=std)
+        elif isinstance(module, VARAttention):
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+            if module.attn_l2_norm:
+                init.constant_(module.log_scale, math.log(4.0))
+        elif isinstance(module, VARBlock):
+            # Residual projections shrink with depth (GPT-2); gates start near zero so blocks start near identity.
+            init.trunc_normal_(module.attn.proj.weight, std=std / math.sqrt(2 * cfg.depth))
+            init.trunc_normal_(module.mlp.fc2.weight, std=std / math.sqrt(2 * cfg.depth))
+            C = module.embed_dim
+            if module.shared_aln:
+                table = module.adaln_table
+                if not getattr(table, "_is_hf_initialized", False):
+                    table.normal_(0, 1 / math.sqrt(C))
+                    table[:, :, 2:].mul_(cfg.init_adaln)
+                    table[:, :, :2].mul_(cfg.init_adaln_gamma)
+            else:
+                weight = module.adaln.linear.weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
+                if not getattr(weight, "_is_hf_initialized", False):
+                    nn.init.trunc_normal_(weight[: 2 * C], std=std * cfg.init_adaln_gamma)
+                    nn.init.trunc_normal_(weight[2 * C :], std=std * cfg.init_adaln)
+                init.zeros_(module.adaln.linear.bias)
+        elif isinstance(module, VARTransformer):
+            # Embedding parameters keep the reference's fixed std sqrt(1 / 3C), whatever init_std says.
+            emb_std = math.sqrt(1 / cfg.embed_dim / 3)
+            init.trunc_normal_(module.pos_start, std=emb_std)
+            init.trunc_normal_(module.pos_embedding, std=emb_std)
+            init.trunc_normal_(module.class_embedding.weight, std=emb_std)
+            init.trunc_normal_(module.level_embedding.weight, std=emb_std)
+            if cfg.init_head >= 0:
+                init.trunc_normal_(module.head.weight, std=std * cfg.init_head)
+                init.zeros_(module.head.bias)
+            init.trunc_normal_(module.head_norm.adaln.linear.weight, std=std * cfg.init_adaln)
+            init.zeros_(module.head_norm.adaln.linear.bias)
+
+
+class VARTransformer(VARPreTrainedModel):
+    r"""
+    The VAR transformer. `forward` is the teacher-forced pass over all scales (training, evaluation); sampling goes
+    scale by scale through [`embed_first_scale`], [`embed_next_scale`] and [`forward_scale`] with a [`VARKVCache`]
+    (see `VARPipeline`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from var_hf import VARTransformer, VARTransformerConfig
+    >>> config = VARTransformerConfig(vocab_size=16, vq_embed_dim=8, num_classes=4, depth=2, embed_dim=32,
+    ...                               num_heads=2, patch_nums=(1, 2, 3))
+    >>> model = VARTransformer(config).eval()
+    >>> out = model(torch.tensor([0, 3]), torch.randn(2, 13, 8), labels=torch.randint(0, 16, (2, 14)))
+    >>> out.logits.shape, out.loss.ndim
+    (torch.Size([2, 14, 16]), 0)
+    ```
+    """
+
+    def __init__(self, config: VARTransformerConfig):
+        super().__init__(config)
+        C = config.embed_dim
+        self.word_embed = nn.Linear(config.vq_embed_dim, C)
+        self.class_embedding = nn.Embedding(config.num_classes + 1, C)
+        self.pos_start = nn.Parameter(torch.zeros(1, config.first_len, C))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, config.seq_len, C))
+        self.level_embedding = nn.Embedding(config.num_scales, C)
+        self.shared_adaln = AdaLNModulation(C, C, 6) if config.shared_aln else None
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        self.blocks = nn.ModuleList(VARBlock(config, i, drop_path_rates[i]) for i in range(config.depth))
+        self.head_norm = AdaLNBeforeHead(config)
+        self.head = nn.Linear(C, config.vocab_size)
+        self.post_init()
+
+    # ------------------------------------------------------------------ helpers computed from the config
+    # Level ids and the block-causal mask are derived on the fly (cheap, and nothing to restore after meta-device
+    # loading); the reference kept them as buffers.
+
+    def level_ids(self, device=None) -> torch.Tensor:
+        """Scale index of every position, (L,)."""
+        sizes = torch.tensor([pn * pn for pn in self.config.patch_nums], device=device)
+        return torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
+
+    def block_causal_mask(self, device=None) -> torch.Tensor:
+        """(L, L) boolean, True where query i may attend to key j: j's scale <= i's scale."""
+        level = self.level_ids(device)
+        return level[:, None] >= level[None, :]
+
+    def level_pos_embedding(self) -> torch.Tensor:
+        """Level plus absolute position embedding, (1, L, C)."""
+        return self.level_embedding(self.level_ids(self.pos_embedding.device))[None] + self.pos_embedding
+
+    def _check_labels(self, class_labels: torch.Tensor):
+        if not torch.is_tensor(class_labels) or class_labels.ndim != 1:
+            raise ValueError(f"class_labels must be a 1-D LongTensor (batch,), got {getattr(class_labels, 'shape', class_labels)}.")
+        if class_labels.numel() and (int(class_labels.min()) < 0 or int(class_labels.max()) > self.config.num_classes):
+            raise ValueError(
+                f"class_labels must lie in [0, {self.config.num_classes}] ({self.config.num_classes} is the null "
+                f"class), got values in [{int(class_labels.min())}, {int(class_labels.max())}]."
+            )
+
+    def embed_class(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """Class ids (B,) -> condition vectors (B, D); id `num_classes` is the null class."""
+        return self.class_embedding(class_labels)
+
+    def condition_for_blocks(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """What the blocks take as condition: the class vector, or with shared AdaLN its shared projection."""
+        return self.shared_adaln(cond_BD) if self.shared_adaln is not None else cond_BD
+
+    # ------------------------------------------------------------------ training / full-sequence pass
+
+    def forward(
+        self,
+        class_labels: torch.LongTensor,
+        teacher_forcing_input: torch.Tensor,
+        labels: Optional[Union[torch.LongTensor, Sequence[torch.LongTensor]]] = None,
+        output_hidden_states: bool = False,
+        return_dict: Optional[bool] = None,
+    ):
+        r"""
+        Args:
+            class_labels (`torch.LongTensor` of shape `(batch_size,)`):
+                Class ids; `num_classes` is the null class. In training mode each is replaced by the null class with
+                probability `config.cond_drop_rate` (classifier-free guidance training).
+            teacher_forcing_input (`torch.FloatTensor` of shape `(batch_size, seq_len - first_len, vq_embed_dim)`):
+                From [`MultiScaleVQVAE.teacher_forcing_input`].
+            labels (`torch.LongTensor` of shape `(batch_size, seq_len)` or a list of token maps, *optional*):
+                Ground-truth tokens of all scales, concatenated coarse to fine.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cfg = self.config
+        self._check_labels(class_labels)
+        B = class_labels.shape[0]
+        expected = (B, cfg.seq_len - cfg.first_len, cfg.vq_embed_dim)
+        if tuple(teacher_forcing_input.shape) != expected:
+            raise ValueError(f"teacher_forcing_input must have shape {expected}, got {tuple(teacher_forcing_input.shape)}.")
+        if self.training and cfg.cond_drop_rate > 0:
+            drop = torch.rand(B, device=class_labels.device) < cfg.cond_drop_rate
+            class_labels = torch.where(drop, cfg.null_class, class_labels)
+
+        cond_BD = self.embed_class(class_labels)
+        sos_BlC = cond_BD.unsqueeze(1).expand(B, cfg.first_len, -1) + self.pos_start.expand(B, -1, -1)
+        x_BLC = torch.cat((sos_BlC, self.word_embed(teacher_forcing_input.float())), dim=1)
+        x_BLC = x_BLC + self.level_pos_embedding()
+
+        mask_LL = self.block_causal_mask(x_BLC.device)
+        block_cond = self.condition_for_blocks(cond_BD)
+        for block in self.blocks:
+            x_BLC = block(x_BLC, block_cond, attention_mask=mask_LL)
+        logits_BLV = self.head(self.head_norm(x_BLC.float(), cond_BD).float()).float()
+
+        loss = None
+        if labels is not None:
+            if not torch.is_tensor(labels):
+                labels = torch.cat(list(labels), dim=1)
+            if tuple(labels.shape) != (B, cfg.seq_len):
+                raise ValueError(f"labels must have shape {(B, cfg.seq_len)}, got {tuple(labels.shape)}.")
+            loss = F.cross_entropy(
+                logits_BLV.view(-1, cfg.vocab_size), labels.reshape(-1), label_smoothing=cfg.label_smoothing
+            )
+        hidden = x_BLC if output_hidden_states else None
+        if not return_dict:
+            return tuple(t for t in (loss, logits_BLV, hidden) if t is not None)
+        return VARTransformerOutput(loss=loss, logits=logits_BLV, hidden_states=hidden)
+
+    # ------------------------------------------------------------------ sampling, one scale at a time
+
+    def new_kv_cache(self, preallocate: bool = True) -> VARKVCache:
+        """A cache sized for one image's sequence (without the last scale, whose keys nothing reads)."""
+        max_len = self.config.seq_len - self.config.patch_nums[-1] ** 2 if preallocate else None
+        return VARKVCache(self.config.depth, max_len=max_len)
+
+    def embed_first_scale(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Input of scale 0: class vector + pos_start + level/position embedding, (B, first_len, C)."""
+        B, first = cond_BD.shape[0], self.config.first_len
+        lvl_pos = self.level_pos_embedding()
+        return (
+            cond_BD.unsqueeze(1).expand(B, first, -1)
+            + self.pos_start.expand(B, first, -1)
+            + lvl_pos[:, :first]
+        )
+
+    def embed_next_scale(self, scale_index: int, next_input_BlC: torch.Tensor) -> torch.Tensor:
+        """Input of scale `scale_index` (>= 1) from the area-downsampled f_hat (B, pn*pn, vq_embed_dim)."""
+        begin, end = self.config.scale_boundaries[scale_index]
+        return self.word_embed(next_input_BlC) + self.level_pos_embedding()[:, begin:end]
+
+    def forward_scale(
+        self, hidden_states: torch.Tensor, cond_BD: torch.Tensor, kv_cache: Optional[VARKVCache] = None
+    ) -> torch.Tensor:
+        """Logits (B, l, V) in float32 for one scale's tokens, attending to everything in `kv_cache` and appending
+        this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves."""
+        block_cond = self.condition_for_blocks(cond_BD)
+        x_BlC = hidden_states
+        for block in self.blocks:
+            x_BlC = block(x_BlC, block_cond, attention_mask=None, kv_cache=kv_cache)
+        return self.head(self.head_norm(x_BlC.float(), cond_BD).float()).float()
+
+
+__all__ = ["VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]
