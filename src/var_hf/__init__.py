@@ -8,8 +8,13 @@ from .configuration_var import NAMED_VAR_CONFIGS, VARTransformerConfig
 from .configuration_vqvae import NAMED_VQVAE_CONFIGS, PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAEConfig
 from .modeling_var import VARKVCache, VARTransformer, VARTransformerOutput
 from .modeling_vqvae import MultiScaleVQVAE, MultiScaleVQVAEOutput
+from .scheduling_var import VARScaleScheduler, VARSchedulerOutput
+from .pipelines import VARPipeline, VARPipelineOutput  # noqa: E402  (needs the models above)
 
 __version__ = "0.1.0"
+
+# The bundled default pipeline (Fashion-MNIST, 32x32): `VARPipeline.from_pretrained(var_hf.DEFAULT_MODEL)`.
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "default_model")
 
 AutoConfig.register(MultiScaleVQVAEConfig.model_type, MultiScaleVQVAEConfig, exist_ok=True)
 AutoConfig.register(VARTransformerConfig.model_type, VARTransformerConfig, exist_ok=True)
@@ -17,6 +22,7 @@ AutoModel.register(MultiScaleVQVAEConfig, MultiScaleVQVAE, exist_ok=True)
 AutoModel.register(VARTransformerConfig, VARTransformer, exist_ok=True)
 
 __all__ = [
+    "DEFAULT_MODEL",
     "MultiScaleVQVAE",
     "MultiScaleVQVAEConfig",
     "MultiScaleVQVAEOutput",
@@ -25,6 +31,10 @@ __all__ = [
     "PATCH_NUMS_256",
     "PATCH_NUMS_512",
     "VARKVCache",
+    "VARPipeline",
+    "VARPipelineOutput",
+    "VARScaleScheduler",
+    "VARSchedulerOutput",
     "VARTransformer",
     "VARTransformerConfig",
     "VARTransformerOutput",

@@ -45,27 +45,31 @@ class VARKVCache:
         self.lengths = [0] * num_layers
 
     def update(self, layer_idx: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor):
-        """Append this scale's keys/values (B, H, l, c) and return all cached ones (B, H, L_so_far, c)."""
+        """Append this scale's keys/values (B, H, l, c) and return all of them so far (B, H, L_so_far, c).
+
+        A pre-allocated cache holds everything but the last scale: that scale's keys/values are only attended to by
+        its own queries, so they are concatenated for this call and not stored.
+        """
         start, end = self.lengths[layer_idx], self.lengths[layer_idx] + k_BHlc.shape[2]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self.max_len is None:
-            if self.keys[layer_idx] is None:
-                self.keys[layer_idx], self.values[layer_idx] = k_BHlc, v_BHlc
-            else:
-                self.keys[layer_idx] = torch.cat((self.keys[layer_idx], k_BHlc), dim=2)
-                self.values[layer_idx] = torch.cat((self.values[layer_idx], v_BHlc), dim=2)
-        else:
-            if end > self.max_len:
-                raise ValueError(f"KV cache overflow: {end} tokens > max_len={self.max_len}.")
-            if self.keys[layer_idx] is None:
-                B, H, _, c = k_BHlc.shape
-                self.keys[layer_idx] = k_BHlc.new_empty(B, H, self.max_len, c)
-                self.values[layer_idx] = v_BHlc.new_empty(B, H, self.max_len, c)
-            self.keys[layer_idx][:, :, start:end] = k_BHlc
-            self.values[layer_idx][:, :, start:end] = v_BHlc
+            if keys is not None:
+                k_BHlc, v_BHlc = torch.cat((keys, k_BHlc), dim=2), torch.cat((values, v_BHlc), dim=2)
+            self.keys[layer_idx], self.values[layer_idx] = k_BHlc, v_BHlc
+            self.lengths[layer_idx] = end
+            return k_BHlc, v_BHlc
+        if end > self.max_len:  # the last scale: attend, don't store
+            if keys is None:
+                return k_BHlc, v_BHlc
+            return torch.cat((keys[:, :, :start], k_BHlc), dim=2), torch.cat((values[:, :, :start], v_BHlc), dim=2)
+        if keys is None:
+            B, H, _, c = k_BHlc.shape
+            keys = self.keys[layer_idx] = k_BHlc.new_empty(B, H, self.max_len, c)
+            values = self.values[layer_idx] = v_BHlc.new_empty(B, H, self.max_len, c)
+        keys[:, :, start:end] = k_BHlc
+        values[:, :, start:end] = v_BHlc
         self.lengths[layer_idx] = end
-        if self.max_len is None:
-            return self.keys[layer_idx], self.values[layer_idx]
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        return keys[:, :, :end], values[:, :, :end]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
@@ -390,14 +394,15 @@ class VARTransformer(VARPreTrainedModel):
 
         cond_BD = self.embed_class(class_labels)
         sos_BlC = cond_BD.unsqueeze(1).expand(B, cfg.first_len, -1) + self.pos_start.expand(B, -1, -1)
-        x_BLC = torch.cat((sos_BlC, self.word_embed(teacher_forcing_input.float())), dim=1)
+        words_BlC = self.word_embed(teacher_forcing_input.to(self.word_embed.weight.dtype))
+        x_BLC = torch.cat((sos_BlC, words_BlC), dim=1)
         x_BLC = x_BLC + self.level_pos_embedding()
 
         mask_LL = self.block_causal_mask(x_BLC.device)
         block_cond = self.condition_for_blocks(cond_BD)
         for block in self.blocks:
             x_BLC = block(x_BLC, block_cond, attention_mask=mask_LL)
-        logits_BLV = self.head(self.head_norm(x_BLC.float(), cond_BD).float()).float()
+        logits_BLV = self.logits(x_BLC, cond_BD)
 
         loss = None
         if labels is not None:
@@ -433,7 +438,8 @@ class VARTransformer(VARPreTrainedModel):
     def embed_next_scale(self, scale_index: int, next_input_BlC: torch.Tensor) -> torch.Tensor:
         """Input of scale `scale_index` (>= 1) from the area-downsampled f_hat (B, pn*pn, vq_embed_dim)."""
         begin, end = self.config.scale_boundaries[scale_index]
-        return self.word_embed(next_input_BlC) + self.level_pos_embedding()[:, begin:end]
+        words_BlC = self.word_embed(next_input_BlC.to(self.word_embed.weight.dtype))
+        return words_BlC + self.level_pos_embedding()[:, begin:end]
 
     def forward_scale(
         self, hidden_states: torch.Tensor, cond_BD: torch.Tensor, kv_cache: Optional[VARKVCache] = None
@@ -444,7 +450,12 @@ class VARTransformer(VARPreTrainedModel):
         x_BlC = hidden_states
         for block in self.blocks:
             x_BlC = block(x_BlC, block_cond, attention_mask=None, kv_cache=kv_cache)
-        return self.head(self.head_norm(x_BlC.float(), cond_BD).float()).float()
+        return self.logits(x_BlC, cond_BD)
+
+    def logits(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """AdaLN then the linear head; float32 logits whatever the model's dtype."""
+        h = self.head_norm(hidden_states, cond_BD)
+        return self.head(h.to(self.head.weight.dtype)).float()
 
 
 __all__ = ["VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]

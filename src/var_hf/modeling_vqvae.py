@@ -334,6 +334,7 @@ class MultiScaleQuantizer(nn.Module):
         """One sampling step: add scale k's codes (B, C, pn_k, pn_k) to f_hat in place; return f_hat and the input
         of scale k+1, area-downsampled (B, C, pn_{k+1}, pn_{k+1}); after the last scale both are f_hat."""
         last = self.num_scales - 1
+        h_BChw = h_BChw.to(self.codebook.weight.dtype)  # smoothed codes come in float32
         if scale_index != last:
             H = W = self.patch_nums[-1]
             f_hat_BChw.add_(self.apply_phi(scale_index, F.interpolate(h_BChw, size=(H, W), mode="bicubic")))
@@ -490,7 +491,7 @@ class MultiScaleVQVAE(MultiScaleVQVAEPreTrainedModel):
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Quantized latents f_hat (B, vq_embed_dim, h, w) -> images in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
+        return self.decoder(self.post_quant_conv(f_hat.to(self.post_quant_conv.weight.dtype))).clamp(-1, 1)
 
     @torch.no_grad()
     def encode_tokens(self, pixel_values: torch.Tensor, patch_nums: Optional[Sequence] = None) -> List[torch.Tensor]:

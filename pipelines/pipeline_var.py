@@ -1,0 +1,392 @@
+"""VARPipeline: class-conditional image generation by next-scale prediction, and zero-shot editing.
+
+Components (diffusers `register_modules`): `vqvae` ([`MultiScaleVQVAE`]), `transformer` ([`VARTransformer`]) and
+`scheduler` ([`VARScaleScheduler`]). The loop, for K scales:
+
+    cond = class embedding of [labels; null class]            (2B, D): conditional and unconditional halves
+    x = first-scale input; f_hat = 0                           (B, vq_embed_dim, pn_K, pn_K)
+    for k in 0..K-1:
+        logits = transformer.forward_scale(x, cond, kv_cache)  (2B, pn_k^2, V), appends keys/values to the cache
+        tokens = scheduler.step(guided logits, k, generator)   (B, pn_k^2)
+        f_hat += phi_k(upsample(codes(tokens)));  x = embed(area-downsample(f_hat) to pn_{k+1})
+    image = vqvae.decode(f_hat)
+"""
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput, logging
+
+from ..labels import LabelMap, imagenet_id2label, is_default_id2label
+from ..modeling_var import VARTransformer
+from ..modeling_vqvae import MultiScaleVQVAE
+from ..scheduling_var import VARScaleScheduler
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class VARPipelineOutput(BaseOutput):
+    """
+    Args:
+        images (`List[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            Generated images in [0, 1] (`pil`, `np` (B, H, W, 3), `pt` (B, 3, H, W)), or the final `f_hat` latents
+            (B, vq_embed_dim, h, w) for `output_type="latent"`.
+        token_maps (`List[torch.LongTensor]`):
+            The sampled token maps, coarse to fine, each (B, pn * pn).
+    """
+
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    token_maps: List[torch.LongTensor]
+
+
+class VARPipeline(DiffusionPipeline):
+    r"""
+    Class-conditional generation with VAR (Visual AutoRegressive modeling), plus zero-shot inpainting, outpainting and
+    class-conditional editing.
+
+    Args:
+        vqvae ([`MultiScaleVQVAE`]): tokenizer/decoder.
+        transformer ([`VARTransformer`]): next-scale predictor.
+        scheduler ([`VARScaleScheduler`]): patch schedule, guidance schedule and token sampling.
+        id2label (`Dict[int, str]`, *optional*):
+            Class names, saved in `model_index.json`. Defaults to the transformer config's names, or ImageNet's for a
+            1000-class model.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from var_hf import VARPipeline, DEFAULT_MODEL
+    >>> pipe = VARPipeline.from_pretrained(DEFAULT_MODEL)
+    >>> out = pipe(class_labels=["Sneaker", "Bag"], generator=torch.Generator().manual_seed(0))
+    >>> out.images[0].size
+    (32, 32)
+    ```
+    """
+
+    model_cpu_offload_seq = "transformer->vqvae"
+    _callback_tensor_inputs = ["f_hat", "token_map", "image_estimate"]
+
+    def __init__(
+        self,
+        vqvae: MultiScaleVQVAE,
+        transformer: VARTransformer,
+        scheduler: VARScaleScheduler,
+        id2label: Optional[dict] = None,
+    ):
+        super().__init__()
+        self.register_modules(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
+        self._check_components()
+        if id2label is None:
+            id2label = self._default_id2label()
+        id2label = {int(k): str(v) for k, v in id2label.items()}
+        self.register_to_config(id2label={str(k): v for k, v in id2label.items()})
+        self.label_map = LabelMap(id2label, transformer.config.num_classes)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=1, do_resize=True, do_normalize=False, do_binarize=False, do_convert_grayscale=True
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+        """Load from a local folder or a Hub repo id.
+
+        diffusers cannot resolve non-diffusers components from a repo id, so a repo id is first fetched with
+        `huggingface_hub.snapshot_download` (honouring `revision`, `cache_dir`, `token`, `local_files_only`) and the
+        local snapshot is loaded.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only", "proxies") if k in kwargs}
+            try:
+                path = snapshot_download(repo_id=path, **hub_kwargs)
+            except Exception as err:  # huggingface_hub raises many types; all mean "could not get the files"
+                raise OSError(
+                    f"Could not load a VAR pipeline from {pretrained_model_name_or_path!r}: it is not a local folder and "
+                    f"the Hub snapshot could not be fetched ({type(err).__name__}: {err})."
+                ) from err
+        for key in ("revision", "cache_dir", "token", "local_files_only", "proxies"):
+            kwargs.pop(key, None)
+        return super().from_pretrained(path, **kwargs)
+
+    def _check_components(self):
+        vq, tr, sch = self.vqvae.config, self.transformer.config, self.scheduler.config
+        if list(vq.patch_nums) != list(tr.patch_nums) or list(sch.patch_nums) != list(tr.patch_nums):
+            raise ValueError(
+                f"patch_nums differ between components: vqvae {list(vq.patch_nums)}, transformer {list(tr.patch_nums)}, "
+                f"scheduler {list(sch.patch_nums)}; they must be equal."
+            )
+        if vq.vocab_size != tr.vocab_size or vq.vq_embed_dim != tr.vq_embed_dim:
+            raise ValueError(
+                f"The transformer (vocab {tr.vocab_size}, code dim {tr.vq_embed_dim}) does not fit the VQVAE "
+                f"(vocab {vq.vocab_size}, code dim {vq.vq_embed_dim})."
+            )
+
+    def _default_id2label(self) -> Dict[int, str]:
+        config = self.transformer.config
+        if not is_default_id2label(config.id2label) and len(config.id2label) == config.num_classes:
+            return dict(config.id2label)
+        if config.num_classes == 1000:
+            return imagenet_id2label()
+        return {i: str(i) for i in range(config.num_classes)}
+
+    # ------------------------------------------------------------------ labels
+
+    @property
+    def labels(self) -> Dict[str, int]:
+        """Every accepted class name (lower-case, synonyms included) -> class id."""
+        return self.label_map.names
+
+    @property
+    def id2label(self) -> Dict[int, str]:
+        return dict(self.label_map.id2label)
+
+    def get_label_ids(self, label: Union[int, str, None, Sequence[Union[int, str, None]]]) -> List[int]:
+        """Class names, ids or `None` (unconditional, the null class) -> class ids.
+
+        An unknown name raises a `ValueError` that lists the closest known names.
+        """
+        return self.label_map.resolve_many(label)
+
+    # ------------------------------------------------------------------ input checks
+
+    def check_inputs(self, batch_size, guidance_scale, top_k, top_p, temperature, generator, output_type):
+        if guidance_scale is None or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (0 disables guidance), got {guidance_scale}.")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 disables top-k), got {top_k!r}.")
+        if not 0.0 <= top_p <= 1.0:
+            raise ValueError(f"top_p must lie in [0, 1] (0 disables nucleus sampling), got {top_p}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+            raise ValueError(
+                f"Got a list of {len(generator)} generators for a batch of {batch_size} images "
+                f"(labels x num_images_per_label); pass one generator or exactly {batch_size}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+
+    @staticmethod
+    def _is_image_like(obj) -> bool:
+        return isinstance(obj, (PIL.Image.Image, np.ndarray, torch.Tensor))
+
+    def prepare_edit_inputs(self, image, mask_image, batch_size: int, device) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Image -> its token maps (batch_size copies); mask -> keep-mask at the finest token map (B, pn, pn), 1 = keep.
+
+        `mask_image` follows diffusers' inpainting convention (white = regenerate, black = keep) and may be an image
+        (PIL / np / tensor) of the input image's size or the model's, or a box `(y0, x0, y1, x1)` in relative
+        coordinates to regenerate.
+        """
+        images = image if isinstance(image, list) else [image]
+        if not images or not all(self._is_image_like(im) for im in images):
+            kinds = sorted({type(im).__name__ for im in images})
+            raise ValueError(f"image must be a PIL image, numpy array or torch tensor (or a list of them), got {kinds}.")
+        if len(images) not in (1, batch_size):
+            raise ValueError(f"Got {len(images)} images for a batch of {batch_size}; pass one or {batch_size}.")
+        res = self.vqvae.config.image_size
+        pn = self.scheduler.config.patch_nums[-1]
+        if mask_image is None:
+            raise ValueError("Editing needs mask_image (white = regenerate) or a box (y0, x0, y1, x1); got only image.")
+        if isinstance(mask_image, (tuple, list)) and len(mask_image) == 4 and all(isinstance(v, (int, float)) for v in mask_image):
+            y0, x0, y1, x1 = (float(v) for v in mask_image)
+            if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
+                raise ValueError(f"A mask box (y0, x0, y1, x1) needs 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1, got {mask_image}.")
+            regen_hw = torch.zeros(pn, pn)
+            regen_hw[round(y0 * pn) : round(y1 * pn), round(x0 * pn) : round(x1 * pn)] = 1
+            regen_B1hw = regen_hw[None, None].expand(len(images), 1, pn, pn)
+        else:
+            masks = mask_image if isinstance(mask_image, list) else [mask_image]
+            if not all(self._is_image_like(m) for m in masks):
+                raise ValueError(
+                    f"mask_image must be a PIL image, numpy array, torch tensor, a list of them, or a box "
+                    f"(y0, x0, y1, x1); got {type(mask_image).__name__}."
+                )
+            if len(masks) not in (1, len(images)):
+                raise ValueError(f"Got {len(masks)} masks for {len(images)} images.")
+            for m, im in zip(masks * (len(images) // len(masks)), images):
+                m_hw, im_hw = _spatial_size(m), _spatial_size(im)
+                if m_hw not in (im_hw, (res, res)):
+                    raise ValueError(
+                        f"mask_image has size {m_hw} but the image has {im_hw} (and the model works at {(res, res)}); "
+                        f"give the mask the image's size."
+                    )
+            mask_B1HW = self.mask_processor.preprocess(masks, height=res, width=res, resize_mode="crop")
+            regen_B1hw = (F.interpolate(mask_B1HW.float(), size=(pn, pn), mode="area") > 0.5).float()
+        pixels = self.image_processor.preprocess(images, height=res, width=res, resize_mode="crop")
+        pixels = pixels.to(device=device, dtype=self.vqvae.dtype)
+        image_tokens = self.vqvae.encode_tokens(pixels)
+        reps = batch_size // len(images)
+        image_tokens = [t.repeat_interleave(reps, dim=0) for t in image_tokens]
+        keep_Bhw = (1 - regen_B1hw[:, 0]).to(device)
+        keep_Bhw = keep_Bhw.repeat_interleave(batch_size // keep_Bhw.shape[0], dim=0)
+        return image_tokens, keep_Bhw
+
+    @staticmethod
+    def keep_mask_at_scale(keep_Bhw: torch.Tensor, pn: int) -> torch.Tensor:
+        """The reference's `replace_embedding` rule: bilinear resize of the keep-mask, > 0.5; the first maps
+        (at most 3 tokens) are always kept from the image. Returns (B, 1, pn, pn) in {0, 1}."""
+        keep_B1hw = F.interpolate(keep_Bhw.unsqueeze(1).float(), size=(pn, pn), mode="bilinear", align_corners=False)
+        keep_B1hw = keep_B1hw.gt(0.5).float()
+        if pn * pn <= 3:
+            keep_B1hw.fill_(1)
+        return keep_B1hw
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Union[int, str, None, Sequence[Union[int, str, None]]] = None,
+        guidance_scale: float = 4.0,
+        top_k: int = 900,
+        top_p: float = 0.95,
+        temperature: float = 1.0,
+        more_smooth: bool = False,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        num_images_per_label: int = 1,
+        image=None,
+        mask_image=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[["VARPipeline", int, int, Dict[str, Any]], Dict[str, Any]]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("image_estimate",),
+    ) -> Union[VARPipelineOutput, Tuple]:
+        r"""
+        Generate images.
+
+        Args:
+            class_labels (`int`, `str`, `None` or a list of them):
+                Class ids, class names (`pipe.labels`), or `None` for unconditional samples (the null class).
+            guidance_scale (`float`, *optional*, defaults to 4.0):
+                The reference's `cfg`: at scale k, `logits = (1 + t_k) cond - t_k uncond` with `t_k = guidance_scale *
+                k / (K - 1)` (linear schedule). 0 disables guidance.
+            top_k (`int`, *optional*, defaults to 900):
+                Keep the k most likely codes at each position (0 disables).
+            top_p (`float`, *optional*, defaults to 0.95):
+                Nucleus sampling threshold (0 disables).
+            temperature (`float`, *optional*, defaults to 1.0):
+                Softmax temperature (1 is the reference).
+            more_smooth (`bool`, *optional*, defaults to `False`):
+                The reference's Gumbel-softmax smoothing of the fed-forward codes (visual quality; not for FID).
+            generator (`torch.Generator` or a list, *optional*):
+                One generator for the batch (seed it like the reference's `g_seed` to reproduce its samples on the
+                same device), or one per image.
+            num_images_per_label (`int`, *optional*, defaults to 1):
+                Images per label; the batch is `len(labels) * num_images_per_label`, labels repeated in place.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
+                Image to edit (resized and centre-cropped to the model's resolution). Needs `mask_image`.
+            mask_image (image-like, a list, or a box `(y0, x0, y1, x1)` in [0, 1], *optional*):
+                White = regenerate, black = keep. At every scale the kept tokens are forced from the image's own
+                token maps; only the masked ones are sampled (inpainting, outpainting, class-conditional editing).
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` (images in [0, 1]) or `"latent"` (final f_hat).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return a [`VARPipelineOutput`] instead of a tuple `(images, token_maps)`.
+            callback_on_step_end (`Callable`, *optional*):
+                Called after each scale as `callback(pipe, scale_index, scale_index, tensors)`; `tensors` holds the
+                names in `callback_on_step_end_tensor_inputs`: `image_estimate` (the image decoded from the scales so
+                far, (B, 3, H, W) in [0, 1], for coarse-to-fine previews), `f_hat`, `token_map`. A returned `f_hat`
+                replaces the running one.
+        """
+        labels = self.get_label_ids(class_labels)
+        if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label must be an int >= 1, got {num_images_per_label!r}.")
+        labels = [label for label in labels for _ in range(num_images_per_label)]
+        B = len(labels)
+        self.check_inputs(B, guidance_scale, top_k, top_p, temperature, generator, output_type)
+        unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}.")
+        if image is None and mask_image is not None:
+            raise ValueError("mask_image was given without image; pass the image to edit.")
+
+        device = self._execution_device
+        editing = image is not None
+        if editing:
+            image_tokens, keep_Bhw = self.prepare_edit_inputs(image, mask_image, B, device)
+
+        transformer, vqvae, scheduler = self.transformer, self.vqvae, self.scheduler
+        patch_nums = list(scheduler.config.patch_nums)
+        K, C = len(patch_nums), vqvae.config.vq_embed_dim
+        scheduler.set_timesteps(device=device)
+
+        labels_B = torch.tensor(labels, device=device, dtype=torch.long)
+        null_B = torch.full_like(labels_B, transformer.config.null_class)
+        cond_2BD = transformer.embed_class(torch.cat((labels_B, null_B)))
+        x_2BlC = transformer.embed_first_scale(cond_2BD)
+        kv_cache = transformer.new_kv_cache()
+        f_hat = torch.zeros(B, C, patch_nums[-1], patch_nums[-1], device=device, dtype=torch.float32)
+        codebook = vqvae.quantizer.codebook.weight
+        token_maps = []
+
+        with self.progress_bar(total=K) as progress:
+            for si, pn in enumerate(patch_nums):
+                logits_2BlV = transformer.forward_scale(x_2BlC, cond_2BD, kv_cache)
+                logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], si, guidance_scale)
+                step = scheduler.step(
+                    logits_BlV, si, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature,
+                    more_smooth=more_smooth, codebook=codebook,
+                )
+                token_map = step.token_map
+                h_BlC = step.smoothed_embeddings if more_smooth else vqvae.embed_tokens(token_map)
+                h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
+                if editing:
+                    keep_B1hw = self.keep_mask_at_scale(keep_Bhw, pn)
+                    gt_BChw = vqvae.embed_tokens(image_tokens[si]).transpose(1, 2).reshape(B, C, pn, pn)
+                    h_BChw = gt_BChw * keep_B1hw + h_BChw * (1 - keep_B1hw)
+                    keep_Bl = keep_B1hw.flatten(1).bool()
+                    token_map = torch.where(keep_Bl, image_tokens[si], token_map)
+                token_maps.append(token_map)
+                f_hat, next_BChw = vqvae.next_scale_input(si, f_hat, h_BChw)
+                if si != K - 1:
+                    next_BlC = next_BChw.reshape(B, C, -1).transpose(1, 2)
+                    x_2BlC = transformer.embed_next_scale(si + 1, next_BlC).repeat(2, 1, 1)
+
+                if callback_on_step_end is not None:
+                    tensors = {}
+                    for name in callback_on_step_end_tensor_inputs:
+                        if name == "image_estimate":
+                            tensors[name] = vqvae.decode(f_hat).float().add(1).mul(0.5)
+                        else:
+                            tensors[name] = {"f_hat": f_hat, "token_map": token_map}[name]
+                    returned = callback_on_step_end(self, si, si, tensors) or {}
+                    if "f_hat" in returned:
+                        f_hat = returned["f_hat"]
+                progress.update()
+
+        if output_type == "latent":
+            images = f_hat
+        else:
+            images = self.image_processor.postprocess(vqvae.decode(f_hat).float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, token_maps
+        return VARPipelineOutput(images=images, token_maps=token_maps)
+
+
+def _spatial_size(obj) -> Tuple[int, int]:
+    """(H, W) of a PIL image, an (H, W[, C]) array or a ([B, ]C, H, W) / (H, W) tensor."""
+    if isinstance(obj, PIL.Image.Image):
+        return (obj.height, obj.width)
+    if isinstance(obj, np.ndarray):
+        return tuple(obj.shape[:2]) if obj.ndim in (2, 3) else tuple(obj.shape[1:3])
+    return tuple(obj.shape[-2:])
+
+
+__all__ = ["VARPipeline", "VARPipelineOutput"]

@@ -1,0 +1,88 @@
+"""Class names <-> class ids for VAR pipelines.
+
+ImageNet's 1000 names ship with the package (`resources/imagenet_id2label.json`, WordNet lemmas in the standard class order,
+taken from timm's `imagenet_synset_to_lemma.txt`). A name matches a class when it equals the full label or one of its
+comma-separated synonyms, case-insensitively ("golden retriever", "Tinca tinca").
+"""
+
+import difflib
+import json
+import os
+from functools import lru_cache
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+IMAGENET_ID2LABEL_PATH = os.path.join(os.path.dirname(__file__), "resources", "imagenet_id2label.json")
+
+LabelLike = Union[int, str, None]
+
+
+@lru_cache(maxsize=1)
+def _imagenet_id2label() -> Dict[int, str]:
+    with open(IMAGENET_ID2LABEL_PATH, encoding="utf-8") as f:
+        return {int(k): v for k, v in json.load(f).items()}
+
+
+def imagenet_id2label() -> Dict[int, str]:
+    """ImageNet-1k class names, id -> label."""
+    return dict(_imagenet_id2label())
+
+
+def is_default_id2label(id2label: Optional[Mapping]) -> bool:
+    """True for transformers' placeholder names (`LABEL_0`, `LABEL_1`)."""
+    return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
+class LabelMap:
+    """Resolves class names and ids against an `id2label` mapping, with helpful errors."""
+
+    def __init__(self, id2label: Mapping, num_classes: int):
+        self.num_classes = num_classes
+        self.id2label = {int(k): str(v) for k, v in id2label.items()}
+        self._name_to_ids: Dict[str, List[int]] = {}
+        for idx, label in self.id2label.items():
+            names = {label.strip().lower()} | {s.strip().lower() for s in label.split(",") if s.strip()}
+            for name in names:
+                self._name_to_ids.setdefault(name, []).append(idx)
+
+    def resolve(self, label: LabelLike) -> int:
+        """One label -> class id; `None` is the null class (unconditional)."""
+        if label is None:
+            return self.num_classes
+        if isinstance(label, bool):
+            raise ValueError(f"Class label {label!r} is a bool; pass an int id or a class name.")
+        if isinstance(label, int) or (hasattr(label, "__index__") and not isinstance(label, str)):
+            idx = int(label)
+            if not 0 <= idx < self.num_classes:
+                raise ValueError(
+                    f"Class id {idx} is out of range: this model has classes 0..{self.num_classes - 1} "
+                    f"(use None for unconditional generation)."
+                )
+            return idx
+        if isinstance(label, str):
+            ids = self._name_to_ids.get(label.strip().lower())
+            if ids is None:
+                close = difflib.get_close_matches(label.strip().lower(), list(self._name_to_ids), n=5, cutoff=0.5)
+                hint = f" Closest matches: {close}." if close else " See `pipe.labels` for the known names."
+                raise ValueError(f"Unknown class name {label!r}.{hint}")
+            if len(set(ids)) > 1:
+                options = ", ".join(f"{i} ({self.id2label[i]})" for i in sorted(set(ids)))
+                raise ValueError(f"Class name {label!r} is ambiguous: it names classes {options}; pass the id.")
+            return ids[0]
+        raise ValueError(f"Class labels must be ints, names or None, got {type(label).__name__}: {label!r}.")
+
+    def resolve_many(self, labels: Union[LabelLike, Sequence[LabelLike]]) -> List[int]:
+        if labels is None or isinstance(labels, (int, str)) or hasattr(labels, "__index__"):
+            labels = [labels]
+        return [self.resolve(label) for label in labels]
+
+    @property
+    def names(self) -> Dict[str, int]:
+        """Every accepted name (labels and their synonyms, lower-case) -> id, ambiguous names left out."""
+        return {name: ids[0] for name, ids in sorted(self._name_to_ids.items()) if len(set(ids)) == 1}
+
+
+__all__ = ["LabelMap", "imagenet_id2label", "is_default_id2label", "IMAGENET_ID2LABEL_PATH"]

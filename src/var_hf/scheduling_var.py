@@ -1,0 +1,195 @@
+"""The scale scheduler: everything in VAR's sampling loop that is not a network.
+
+VAR does not denoise; it samples one token map per scale, coarse to fine. The scheduler owns the patch schedule, the
+classifier-free-guidance schedule over scales, and the turning of one scale's logits into tokens (top-k, top-p,
+temperature, and the reference's Gumbel-softmax smoothing), consuming random numbers in the reference's order so that
+a seeded `torch.Generator` reproduces the reference's samples.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput, logging
+
+logger = logging.get_logger(__name__)
+
+GUIDANCE_SCHEDULES = ("linear", "constant")
+
+
+@dataclass
+class VARSchedulerOutput(BaseOutput):
+    """
+    Args:
+        token_map (`torch.LongTensor` of shape `(batch_size, pn * pn)`):
+            Sampled code indices of this scale, row-major.
+        smoothed_embeddings (`torch.FloatTensor` of shape `(batch_size, pn * pn, vq_embed_dim)`, *optional*):
+            With `more_smooth=True`, the Gumbel-softmax mixture of code vectors the reference feeds forward instead
+            of the hard codes (for visual quality; not used for FID).
+    """
+
+    token_map: torch.LongTensor
+    smoothed_embeddings: Optional[torch.FloatTensor] = None
+
+
+class VARScaleScheduler(SchedulerMixin, ConfigMixin):
+    r"""
+    Scale scheduler for [`VARPipeline`].
+
+    Guidance follows the reference: at scale k of K, with `t_k = guidance_scale * w(k)`,
+    `logits = (1 + t_k) * cond - t_k * uncond`. In diffusers' convention `uncond + w * (cond - uncond)` that is
+    `w = 1 + t_k`; so `guidance_scale=1.5` is the reference's `cfg=1.5`, and `guidance_scale=0` disables guidance.
+
+    Args:
+        patch_nums (`List[int]`, *optional*, defaults to `[1, 2, 3, 4, 5, 6, 8, 10, 13, 16]`):
+            Side of each token map, coarse to fine (must match the models').
+        guidance_schedule (`str`, *optional*, defaults to `"linear"`):
+            `"linear"`: `w(k) = k / (K - 1)`, the reference's ramp (no guidance at the first scale, full at the
+            last); `"constant"`: `w(k) = 1`.
+        smooth_tau_start (`float`, *optional*, defaults to 0.27):
+            Gumbel-softmax temperature at the first scale when smoothing (MaskGIT's schedule, as in the reference).
+        smooth_tau_decay (`float`, *optional*, defaults to 0.95):
+            The temperature is `max(smooth_tau_start * (1 - smooth_tau_decay * k / (K - 1)), smooth_tau_min)`.
+        smooth_tau_min (`float`, *optional*, defaults to 0.005):
+            Lower bound of the smoothing temperature.
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        guidance_schedule: str = "linear",
+        smooth_tau_start: float = 0.27,
+        smooth_tau_decay: float = 0.95,
+        smooth_tau_min: float = 0.005,
+    ):
+        if guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}.")
+        if len(patch_nums) < 2:
+            raise ValueError(f"patch_nums needs at least two scales, got {list(patch_nums)}.")
+        self.timesteps = torch.arange(len(patch_nums))
+        self.num_inference_steps = len(patch_nums)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.config.patch_nums)
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device] = None):
+        """The 'timesteps' of VAR are its scales; their number is fixed by the patch schedule."""
+        if num_inference_steps is not None and num_inference_steps != self.num_scales:
+            raise ValueError(
+                f"VAR samples exactly one step per scale ({self.num_scales} for patch_nums={list(self.config.patch_nums)}); "
+                f"got num_inference_steps={num_inference_steps}."
+            )
+        self.timesteps = torch.arange(self.num_scales, device=device)
+        self.num_inference_steps = self.num_scales
+
+    def scale_ratio(self, scale_index: int) -> float:
+        """k / (K - 1): 0 at the coarsest scale, 1 at the finest."""
+        return scale_index / (self.num_scales - 1)
+
+    def guidance_weight(self, scale_index: int, guidance_scale: float) -> float:
+        """t_k of `(1 + t_k) * cond - t_k * uncond`."""
+        if self.config.guidance_schedule == "constant":
+            return guidance_scale
+        return guidance_scale * self.scale_ratio(scale_index)
+
+    def apply_guidance(
+        self, logits_cond: torch.Tensor, logits_uncond: torch.Tensor, scale_index: int, guidance_scale: float
+    ) -> torch.Tensor:
+        t = self.guidance_weight(scale_index, guidance_scale)
+        return (1 + t) * logits_cond - t * logits_uncond
+
+    def smoothing_tau(self, scale_index: int) -> float:
+        cfg = self.config
+        return max(cfg.smooth_tau_start * (1 - self.scale_ratio(scale_index) * cfg.smooth_tau_decay), cfg.smooth_tau_min)
+
+    @staticmethod
+    def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+        """Mask (in place) all but the top-k logits, then all outside the top-p nucleus, with -inf.
+
+        The same comparisons as the reference, so the surviving set is identical: top-k keeps logits >= the k-th
+        largest; top-p drops the smallest tokens whose cumulative probability is <= 1 - top_p, never the largest.
+        """
+        V = logits_BlV.shape[-1]
+        if top_k > 0:
+            kth_largest = logits_BlV.topk(min(top_k, V), largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
+            logits_BlV.masked_fill_(logits_BlV < kth_largest, -torch.inf)
+        if top_p > 0:
+            sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
+            sorted_remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+            sorted_remove[..., -1:] = False
+            logits_BlV.masked_fill_(sorted_remove.scatter(sorted_idx.ndim - 1, sorted_idx, sorted_remove), -torch.inf)
+        return logits_BlV
+
+    def step(
+        self,
+        logits: torch.Tensor,
+        scale_index: int,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        more_smooth: bool = False,
+        codebook: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> Union[VARSchedulerOutput, tuple]:
+        r"""
+        Sample the token map of one scale.
+
+        Args:
+            logits (`torch.FloatTensor` of shape `(batch_size, pn * pn, vocab_size)`):
+                Guided logits of this scale (see [`apply_guidance`]). Not modified.
+            scale_index (`int`):
+                Index k of the scale, 0 for the coarsest.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                One generator for the batch (consumed as the reference does: one multinomial draw over the whole
+                batch, then, when smoothing, one exponential draw), or one per sample (each sample then equals what
+                the same generator gives it alone).
+            top_k (`int`, *optional*, defaults to 0):
+                Keep the k most likely codes (0 disables).
+            top_p (`float`, *optional*, defaults to 0.0):
+                Nucleus sampling threshold (0 disables).
+            temperature (`float`, *optional*, defaults to 1.0):
+                Logits are divided by it before filtering (1 is the reference).
+            more_smooth (`bool`, *optional*, defaults to `False`):
+                Also return the Gumbel-softmax mixture of codes (needs `codebook`, (vocab_size, vq_embed_dim)).
+        """
+        if logits.ndim != 3:
+            raise ValueError(f"logits must be (batch, tokens, vocab), got shape {tuple(logits.shape)}.")
+        B, l, V = logits.shape
+        logits_BlV = logits.float() / temperature if temperature != 1.0 else logits.float().clone()
+        self.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
+        probs_NV = logits_BlV.softmax(dim=-1).view(-1, V)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != B:
+                raise ValueError(f"Got {len(generator)} generators for a batch of {B}.")
+            token_map = torch.cat(
+                [torch.multinomial(probs_NV[i * l : (i + 1) * l], 1, replacement=True, generator=g) for i, g in enumerate(generator)]
+            ).view(B, l)
+        else:
+            token_map = torch.multinomial(probs_NV, num_samples=1, replacement=True, generator=generator).view(B, l)
+
+        smoothed = None
+        if more_smooth:
+            if codebook is None:
+                raise ValueError("more_smooth=True needs the codebook (vocab_size, vq_embed_dim).")
+            # Gumbel-softmax on the filtered logits sharpened by (1 + k/(K-1)), as the reference's gumbel_softmax_with_rng.
+            scaled_BlV = logits_BlV.mul(1 + self.scale_ratio(scale_index))
+            if isinstance(generator, (list, tuple)):
+                exp_BlV = torch.stack([torch.empty_like(scaled_BlV[i]).exponential_(generator=g) for i, g in enumerate(generator)])
+            else:
+                exp_BlV = torch.empty_like(scaled_BlV).exponential_(generator=generator)
+            soft_BlV = ((scaled_BlV - exp_BlV.log()) / self.smoothing_tau(scale_index)).softmax(dim=-1)
+            smoothed = soft_BlV @ codebook.float().unsqueeze(0)
+
+        if not return_dict:
+            return (token_map, smoothed)
+        return VARSchedulerOutput(token_map=token_map, smoothed_embeddings=smoothed)
+
+
+__all__ = ["VARScaleScheduler", "VARSchedulerOutput", "GUIDANCE_SCHEDULES"]
