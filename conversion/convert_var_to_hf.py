@@ -4,7 +4,8 @@
 
 writes a folder that `VARPipeline.from_pretrained` loads (`model_index.json`, `vqvae/`, `transformer/`,
 `scheduler/`); the subfolders also load on their own with `from_pretrained`. Depth, width, heads, shared AdaLN,
-attention type and the 256/512 patch schedule are read off the tensors; flags override them.
+attention type and the 256/512 patch schedule are read off the tensors; flags override them. The tokenizer's
+`--quant-resi` and `--using-znorm` are not stored in checkpoints and default to the released tokenizer's values.
 
 Checkpoints are read with `torch.load(weights_only=True)` only, every reference key is mapped by the explicit table
 below (or dropped with a check of its value), the models load with `strict=True`, and the folder is written to a
@@ -74,6 +75,11 @@ class ConversionError(Exception):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _first_sentence(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+
+
 def load_reference_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     """Read a reference `.pth` safely (`weights_only=True`) and return its flat state dict."""
     if not os.path.isfile(path):
@@ -81,13 +87,16 @@ def load_reference_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message is several paragraphs; keep the one naming the offending global.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "global" in line.lower()), lines[0] if lines else "")
         raise ConversionError(
             f"{path}: refused to unpickle it: it holds objects other than tensors (a pickle that could run code). "
-            f"Only plain state dicts are accepted ({str(err).splitlines()[0]})."
+            f"Only plain state dicts are accepted ({detail})."
         ) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise ConversionError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt download?): {str(err).splitlines()[0]}"
+            f"{path}: not a readable torch checkpoint (truncated or corrupt download?): {_first_sentence(err)}"
         ) from None
     # Some training checkpoints wrap the weights; the released ones are plain state dicts.
     if isinstance(obj, dict) and "trainer" in obj and isinstance(obj["trainer"], dict):
@@ -133,7 +142,7 @@ def _is_var(state_dict) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def infer_patch_nums(var_sd: Dict[str, torch.Tensor]) -> List[int]:
+def infer_patch_nums(var_sd: Dict[str, torch.Tensor], path: str = "var") -> List[int]:
     """The schedule from `lvl_1L` (scale of every position) when present, else from the sequence length."""
     if "lvl_1L" in var_sd:
         counts = torch.bincount(var_sd["lvl_1L"].flatten().long()).tolist()
@@ -144,10 +153,16 @@ def infer_patch_nums(var_sd: Dict[str, torch.Tensor]) -> List[int]:
     for schedule in (PATCH_NUMS_256, PATCH_NUMS_512):
         if sum(pn * pn for pn in schedule) == seq_len:
             return list(schedule)
-    raise ConversionError(f"cannot infer the patch schedule from a sequence of {seq_len} tokens; pass --patch-nums.")
+    raise ConversionError(
+        f"{path}: cannot infer the patch schedule from a sequence of {seq_len} tokens (neither the 256px nor the 512px "
+        f"one, and no usable lvl_1L); pass --patch-nums."
+    )
 
 
-def infer_vqvae_config(vae_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int], quant_resi: float = 0.5):
+def infer_vqvae_config(
+    vae_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int], quant_resi: float = 0.5, using_znorm: bool = False
+):
+    """Read the tokenizer's shape off its tensors. `quant_resi` and `using_znorm` are not stored in checkpoints."""
     ch = vae_sd["encoder.conv_in.weight"].shape[0]
     num_levels = _count(vae_sd, r"encoder\.down\.(\d+)\..*")
     mults = [vae_sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(num_levels)]
@@ -169,6 +184,7 @@ def infer_vqvae_config(vae_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int
         use_mid_attention="encoder.mid.attn_1.qkv.weight" in vae_sd,
         vocab_size=vocab_size,
         vq_embed_dim=vq_embed_dim,
+        using_znorm=using_znorm,
         quant_conv_kernel_size=vae_sd["quant_conv.weight"].shape[-1],
         quant_resi=quant_resi,
         share_quant_resi=share,
@@ -177,10 +193,23 @@ def infer_vqvae_config(vae_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int
     )
 
 
-def infer_var_config(var_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int], **overrides):
+def infer_var_config(var_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int], path: str = "var", **overrides):
+    """Read the transformer's shape off its tensors; `overrides` (not None) win."""
     embed_dim, vq_embed_dim = var_sd["word_embed.weight"].shape
     attn_l2_norm = "blocks.0.attn.scale_mul_1H11" in var_sd
-    num_heads = var_sd["blocks.0.attn.scale_mul_1H11"].shape[1] if attn_l2_norm else embed_dim // 64
+    if attn_l2_norm:
+        num_heads = var_sd["blocks.0.attn.scale_mul_1H11"].shape[1]
+    elif overrides.get("num_heads") is not None:
+        num_heads = overrides["num_heads"]
+    elif embed_dim % 64 == 0:
+        # Without the per-head temperature nothing in the checkpoint has a head axis: assume 64-dim heads, the
+        # released models' rule (num_heads = depth, embed_dim = 64 * depth).
+        num_heads = embed_dim // 64
+    else:
+        raise ConversionError(
+            f"{path}: cannot infer the number of heads (no attn_l2_norm temperature and embed_dim={embed_dim} is not a "
+            f"multiple of 64); pass --num-heads."
+        )
     depth = _count(var_sd, r"blocks\.(\d+)\..*")
     kwargs = dict(
         vocab_size=var_sd["head.weight"].shape[0],
@@ -228,13 +257,25 @@ def _load_strict(model, state_dict, path: str):
     model.load_state_dict(state_dict, strict=True)
 
 
-def convert_vqvae(vae_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int], path: str = "vae", quant_resi=0.5):
+def _infer(fn, source: str, *args, **kwargs):
+    """Run a config inference; a missing key or an impossible shape becomes a one-line error naming the file."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyError as err:
+        raise ConversionError(f"{source}: missing key {err.args[0]!r} (truncated or not a VAR checkpoint?).") from None
+    except (ValueError, IndexError, ZeroDivisionError) as err:
+        raise ConversionError(f"{source}: tensors do not describe a valid model: {err}") from None
+
+
+def convert_vqvae(
+    vae_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int], path: str = "vae", quant_resi=0.5, using_znorm=False
+):
     from var_hf import MultiScaleVQVAE
 
     if not _is_vqvae(vae_sd):
         hint = " It looks like a VAR transformer checkpoint: pass it as --var." if _is_var(vae_sd) else ""
         raise ConversionError(f"{path}: not a VQVAE checkpoint (no encoder.* / quantize.embedding.weight).{hint}")
-    config = infer_vqvae_config(vae_sd, patch_nums, quant_resi=quant_resi)
+    config = _infer(infer_vqvae_config, path, vae_sd, patch_nums, quant_resi=quant_resi, using_znorm=using_znorm)
     hf_sd = map_keys(vae_sd, VQVAE_KEY_MAP, path=path)
     hits = hf_sd.get("quantizer.ema_code_hits")
     if hits is None or hits.shape[0] != len(patch_nums):
@@ -252,8 +293,8 @@ def convert_var(var_sd: Dict[str, torch.Tensor], path: str = "var", patch_nums=N
     if not _is_var(var_sd):
         hint = " It looks like a VQVAE checkpoint: pass it as --vae." if _is_vqvae(var_sd) else ""
         raise ConversionError(f"{path}: not a VAR transformer checkpoint (no class_emb.weight / pos_1LC).{hint}")
-    patch_nums = list(patch_nums) if patch_nums else infer_patch_nums(var_sd)
-    config = infer_var_config(var_sd, patch_nums, **overrides)
+    patch_nums = list(patch_nums) if patch_nums else _infer(infer_patch_nums, path, var_sd, path=path)
+    config = _infer(infer_var_config, path, var_sd, patch_nums, path=path, **overrides)
     check_dropped_var_buffers(var_sd, config, path)
     hf_sd = map_keys(var_sd, VAR_KEY_MAP, dropped=VAR_DROPPED_KEYS, path=path)
     model = VARTransformer(config)
@@ -261,25 +302,38 @@ def convert_var(var_sd: Dict[str, torch.Tensor], path: str = "var", patch_nums=N
     return model.eval()
 
 
-def numerical_check(vqvae, transformer, seed: int = 0):
-    """Encode a random image, teacher-force the transformer and check the logits are finite and the shapes agree."""
+def numerical_check(vqvae, transformer, seed: int = 0, vae_path: str = "vae", var_path: str = "var"):
+    """Check the two checkpoints belong together, then encode a random image, teacher-force the transformer and check
+    the logits are finite."""
+    vq_cfg, tr_cfg = vqvae.config, transformer.config
+    if vq_cfg.vq_embed_dim != tr_cfg.vq_embed_dim or vq_cfg.vocab_size != tr_cfg.vocab_size:
+        raise ConversionError(
+            f"{vae_path} and {var_path} do not belong together: the tokenizer has {vq_cfg.vocab_size} codes of "
+            f"{vq_cfg.vq_embed_dim} dims, the transformer expects {tr_cfg.vocab_size} codes of {tr_cfg.vq_embed_dim}."
+        )
     gen = torch.Generator().manual_seed(seed)
-    size = vqvae.config.image_size
+    size = vq_cfg.image_size
     with torch.no_grad():
-        pixels = torch.rand(1, vqvae.config.in_channels, size, size, generator=gen) * 2 - 1
+        pixels = torch.rand(1, vq_cfg.in_channels, size, size, generator=gen) * 2 - 1
         tokens = vqvae.encode_tokens(pixels)
         logits = transformer(torch.tensor([0]), vqvae.teacher_forcing_input(tokens)).logits
     if not torch.isfinite(logits).all():
-        raise ConversionError("converted model produces non-finite logits.")
-    if vqvae.config.vq_embed_dim != transformer.config.vq_embed_dim or vqvae.config.vocab_size != transformer.config.vocab_size:
-        raise ConversionError("the VQVAE and the VAR checkpoint do not belong together (codebook size/dim differ).")
+        raise ConversionError(f"{var_path}: the converted model produces non-finite logits.")
+
+
+def check_output_dir(output_dir: str, overwrite: bool = False):
+    """Refuse a non-empty output folder without `overwrite`, and a path that is a file, before any work is done."""
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConversionError(f"{output_dir} exists and is not a folder.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
 
 
 def write_atomically(output_dir: str, save_fn, overwrite: bool = False):
     """Write into a temporary sibling directory, then rename it into place."""
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+    check_output_dir(output_dir, overwrite)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-convert-", dir=parent)
@@ -298,16 +352,24 @@ def write_atomically(output_dir: str, save_fn, overwrite: bool = False):
 
 
 def convert(vae_path: str, var_path: Optional[str], output_dir: str, patch_nums=None, overwrite=False,
-            quant_resi: float = 0.5, **overrides):
+            quant_resi: float = 0.5, using_znorm: bool = False, **overrides):
+    """Convert a tokenizer checkpoint (and optionally a transformer one) and write them to `output_dir`.
+
+    `quant_resi` and `using_znorm` describe the tokenizer but are not stored in its checkpoint; `overrides`
+    (`depth`, `num_heads`, `shared_aln`, `attn_l2_norm`, `num_classes`; None means infer) go to the transformer config.
+    """
+    check_output_dir(output_dir, overwrite)
     var_sd = load_reference_checkpoint(var_path) if var_path else None
     vae_sd = load_reference_checkpoint(vae_path)
     transformer = None
     if var_sd is not None:
         transformer = convert_var(var_sd, path=var_path, patch_nums=patch_nums, **overrides)
         patch_nums = transformer.config.patch_nums
-    vqvae = convert_vqvae(vae_sd, patch_nums or PATCH_NUMS_256, path=vae_path, quant_resi=quant_resi)
+    vqvae = convert_vqvae(
+        vae_sd, patch_nums or PATCH_NUMS_256, path=vae_path, quant_resi=quant_resi, using_znorm=using_znorm
+    )
     if transformer is not None:
-        numerical_check(vqvae, transformer)
+        numerical_check(vqvae, transformer, vae_path=vae_path, var_path=var_path)
 
     def save(folder):
         if transformer is None:
@@ -333,20 +395,36 @@ def _build_pipeline(vqvae, transformer):
     return VARPipeline(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--vae", required=True, help="official tokenizer checkpoint, e.g. vae_ch160v4096z32.pth")
-    parser.add_argument("--var", help="official transformer checkpoint, e.g. var_d16.pth (omit to convert the VQVAE alone)")
-    parser.add_argument("--output-dir", required=True, help="folder to write (model_index.json, vqvae/, transformer/, scheduler/)")
+    parser.add_argument(
+        "--var", help="official transformer checkpoint, e.g. var_d16.pth (omit to convert the VQVAE alone)"
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="folder to write (model_index.json, vqvae/, transformer/, scheduler/)"
+    )
     parser.add_argument("--patch-nums", help="override the inferred schedule, e.g. 1,2,3,4,5,6,8,10,13,16 or 256 / 512")
     parser.add_argument("--depth", type=int, help="override the inferred depth")
     parser.add_argument("--num-heads", type=int, help="override the inferred number of heads")
-    parser.add_argument("--shared-aln", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                        help="override shared AdaLN (true/false)")
-    parser.add_argument("--attn-l2-norm", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+    parser.add_argument("--shared-aln", type=_bool, default=None, help="override shared AdaLN (true/false)")
+    parser.add_argument("--attn-l2-norm", type=_bool, default=None,
                         help="override L2-normalised attention (true/false)")
     parser.add_argument("--num-classes", type=int, help="override the number of classes")
     parser.add_argument("--quant-resi", type=float, default=0.5, help="phi mixing ratio (not stored in checkpoints)")
+    parser.add_argument("--using-znorm", action="store_true",
+                        help="the tokenizer picks codes by cosine similarity (not stored in checkpoints; the released "
+                             "tokenizer uses L2, the default)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser.parse_args(argv)
 
@@ -367,18 +445,22 @@ def main(argv=None) -> int:
     try:
         convert(
             args.vae, args.var, args.output_dir, patch_nums=_parse_patch_nums(args.patch_nums),
-            overwrite=args.overwrite, quant_resi=args.quant_resi, depth=args.depth, num_heads=args.num_heads,
-            shared_aln=args.shared_aln, attn_l2_norm=args.attn_l2_norm, num_classes=args.num_classes,
+            overwrite=args.overwrite, quant_resi=args.quant_resi, using_znorm=args.using_znorm, depth=args.depth,
+            num_heads=args.num_heads, shared_aln=args.shared_aln, attn_l2_norm=args.attn_l2_norm,
+            num_classes=args.num_classes,
         )
     except (ConversionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # e.g. the output folder cannot be written
+        print(f"error: {err.filename or args.output_dir}: {err.strerror or err}", file=sys.stderr)
         return 1
     print(f"wrote {os.path.abspath(args.output_dir)}")
     return 0
 
 
 __all__ = ["convert", "convert_var", "convert_vqvae", "load_reference_checkpoint", "VQVAE_KEY_MAP", "VAR_KEY_MAP",
-           "ConversionError", "main"]
+           "VAR_DROPPED_KEYS", "ConversionError", "main"]
 
 
 if __name__ == "__main__":

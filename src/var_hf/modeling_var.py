@@ -260,24 +260,11 @@ class VARPreTrainedModel(PreTrainedModel):
             init.zeros_(module.v_bias)
             if module.attn_l2_norm:
                 init.constant_(module.log_scale, math.log(4.0))
-        elif isinstance(module, VARBlock):
-            # Residual projections shrink with depth (GPT-2); gates start near zero so blocks start near identity.
-            init.trunc_normal_(module.attn.proj.weight, std=std / math.sqrt(2 * cfg.depth))
-            init.trunc_normal_(module.mlp.fc2.weight, std=std / math.sqrt(2 * cfg.depth))
-            C = module.embed_dim
-            if module.shared_aln:
-                table = module.adaln_table
-                if not getattr(table, "_is_hf_initialized", False):
-                    table.normal_(0, 1 / math.sqrt(C))
-                    table[:, :, 2:].mul_(cfg.init_adaln)
-                    table[:, :, :2].mul_(cfg.init_adaln_gamma)
-            else:
-                weight = module.adaln.linear.weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
-                if not getattr(weight, "_is_hf_initialized", False):
-                    nn.init.trunc_normal_(weight[: 2 * C], std=std * cfg.init_adaln_gamma)
-                    nn.init.trunc_normal_(weight[2 * C :], std=std * cfg.init_adaln)
-                init.zeros_(module.adaln.linear.bias)
         elif isinstance(module, VARTransformer):
+            # Per-block gains live here: a block with per-block AdaLN has no parameters of its own, and transformers
+            # skips such modules when initialising.
+            for block in module.blocks:
+                self._init_block(block)
             # Embedding parameters keep the reference's fixed std sqrt(1 / 3C), whatever init_std says.
             emb_std = math.sqrt(1 / cfg.embed_dim / 3)
             init.trunc_normal_(module.pos_start, std=emb_std)
@@ -289,6 +276,26 @@ class VARPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.head.bias)
             init.trunc_normal_(module.head_norm.adaln.linear.weight, std=std * cfg.init_adaln)
             init.zeros_(module.head_norm.adaln.linear.bias)
+
+    @torch.no_grad()
+    def _init_block(self, block: "VARBlock"):
+        cfg, std = self.config, self._std()
+        # Residual projections shrink with depth (GPT-2); gates start near zero so blocks start near identity.
+        init.trunc_normal_(block.attn.proj.weight, std=std / math.sqrt(2 * cfg.depth))
+        init.trunc_normal_(block.mlp.fc2.weight, std=std / math.sqrt(2 * cfg.depth))
+        C = block.embed_dim
+        if block.shared_aln:
+            table = block.adaln_table
+            if not getattr(table, "_is_hf_initialized", False):
+                table.normal_(0, 1 / math.sqrt(C))
+                table[:, :, 2:].mul_(cfg.init_adaln)
+                table[:, :, :2].mul_(cfg.init_adaln_gamma)
+        else:
+            weight = block.adaln.linear.weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
+            if not getattr(weight, "_is_hf_initialized", False):
+                nn.init.trunc_normal_(weight[: 2 * C], std=std * cfg.init_adaln_gamma)
+                nn.init.trunc_normal_(weight[2 * C :], std=std * cfg.init_adaln)
+            init.zeros_(block.adaln.linear.bias)
 
 
 class VARTransformer(VARPreTrainedModel):
@@ -320,7 +327,7 @@ class VARTransformer(VARPreTrainedModel):
         self.pos_embedding = nn.Parameter(torch.zeros(1, config.seq_len, C))
         self.level_embedding = nn.Embedding(config.num_scales, C)
         self.shared_adaln = AdaLNModulation(C, C, 6) if config.shared_aln else None
-        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        drop_path_rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(VARBlock(config, i, drop_path_rates[i]) for i in range(config.depth))
         self.head_norm = AdaLNBeforeHead(config)
         self.head = nn.Linear(C, config.vocab_size)
@@ -410,6 +417,11 @@ class VARTransformer(VARPreTrainedModel):
                 labels = torch.cat(list(labels), dim=1)
             if tuple(labels.shape) != (B, cfg.seq_len):
                 raise ValueError(f"labels must have shape {(B, cfg.seq_len)}, got {tuple(labels.shape)}.")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.vocab_size):
+                raise ValueError(
+                    f"labels are token ids and must lie in [0, {cfg.vocab_size - 1}], got values in "
+                    f"[{int(labels.min())}, {int(labels.max())}]."
+                )
             loss = F.cross_entropy(
                 logits_BLV.view(-1, cfg.vocab_size), labels.reshape(-1), label_smoothing=cfg.label_smoothing
             )

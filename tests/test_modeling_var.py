@@ -1,0 +1,341 @@
+"""Tests of the VAR transformer at tiny sizes (depth 2, width 32, scales (1, 2, 4): 21 tokens, 32 codes)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+from var_hf import NAMED_VAR_CONFIGS, PATCH_NUMS_256, PATCH_NUMS_512, VARKVCache, VARTransformer, VARTransformerConfig
+
+VARIANTS = {
+    "l2norm": dict(),
+    "shared_aln": dict(shared_aln=True),
+    "plain_attention": dict(attn_l2_norm=False),
+}
+
+
+@pytest.fixture
+def make_model(var_config_factory, perturb):
+    def make(**overrides):
+        torch.manual_seed(0)
+        return perturb(VARTransformer(var_config_factory(**overrides))).eval()
+
+    return make
+
+
+def make_inputs(config, batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    class_labels = torch.randint(0, config.num_classes, (batch,), generator=gen)
+    tf_input = torch.randn(batch, config.seq_len - config.first_len, config.vq_embed_dim, generator=gen)
+    labels = torch.randint(0, config.vocab_size, (batch, config.seq_len), generator=gen)
+    return class_labels, tf_input, labels
+
+
+def incremental_logits(model, class_labels, tf_input, kv_cache):
+    """The sampling path: scale 0 from the class, then each scale from its teacher-forcing rows, with a KV cache."""
+    cfg = model.config
+    cond_BD = model.embed_class(class_labels)
+    logits = [model.forward_scale(model.embed_first_scale(cond_BD), cond_BD, kv_cache)]
+    for si in range(1, cfg.num_scales):
+        begin, end = cfg.scale_boundaries[si]
+        rows_BlC = tf_input[:, begin - cfg.first_len : end - cfg.first_len]
+        logits.append(model.forward_scale(model.embed_next_scale(si, rows_BlC), cond_BD, kv_cache))
+    return torch.cat(logits, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Forward pass
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_and_loss(make_model, variant):
+    model = make_model(**VARIANTS[variant])
+    cfg = model.config
+    class_labels, tf_input, labels = make_inputs(cfg)
+    out = model(class_labels, tf_input, labels=labels)
+    assert out.logits.shape == (2, cfg.seq_len, cfg.vocab_size) and out.logits.dtype == torch.float32
+    assert torch.isfinite(out.loss)
+    expected = F.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), labels.reshape(-1))
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=0)
+    # Labels may also come as the list of token maps.
+    token_maps = list(labels.split([pn * pn for pn in cfg.patch_nums], dim=1))
+    torch.testing.assert_close(model(class_labels, tf_input, labels=token_maps).loss, expected, rtol=0, atol=0)
+
+
+def test_label_smoothing_and_return_tuple(make_model):
+    model = make_model(label_smoothing=0.1)
+    class_labels, tf_input, labels = make_inputs(model.config)
+    loss, logits = model(class_labels, tf_input, labels=labels, return_dict=False)
+    expected = F.cross_entropy(logits.reshape(-1, 32), labels.reshape(-1), label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    hidden = model(class_labels, tf_input, output_hidden_states=True).hidden_states
+    assert hidden.shape == (2, model.config.seq_len, model.config.embed_dim)
+
+
+def test_variant_parameters(make_model):
+    shared = make_model(shared_aln=True)
+    assert shared.shared_adaln is not None and all(hasattr(b, "adaln_table") for b in shared.blocks)
+    assert not any(".adaln.linear" in k for k in shared.state_dict() if k.startswith("blocks."))
+    plain = make_model(attn_l2_norm=False)
+    assert not any("log_scale" in k for k in plain.state_dict())
+
+
+def test_batch_equals_single(make_model):
+    model = make_model()
+    class_labels, tf_input, _ = make_inputs(model.config, batch=3)
+    batch = model(class_labels, tf_input).logits
+    for b in range(3):
+        single = model(class_labels[b : b + 1], tf_input[b : b + 1]).logits
+        torch.testing.assert_close(single[0], batch[b], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_block_causal(make_model, variant):
+    """Perturbing the inputs of scale k leaves every logit of the coarser scales unchanged and moves scale k's."""
+    model = make_model(**VARIANTS[variant])
+    cfg = model.config
+    class_labels, tf_input, _ = make_inputs(cfg)
+    logits = model(class_labels, tf_input).logits
+    for k in range(1, cfg.num_scales):
+        begin, end = cfg.scale_boundaries[k]
+        perturbed = tf_input.clone()
+        perturbed[:, begin - cfg.first_len : end - cfg.first_len] += 1.0
+        new_logits = model(class_labels, perturbed).logits
+        torch.testing.assert_close(new_logits[:, :begin], logits[:, :begin], rtol=0, atol=1e-6)
+        assert (new_logits[:, begin:end] - logits[:, begin:end]).abs().max() > 1e-3, f"scale {k} ignores its input"
+
+
+def test_tokens_attend_within_their_scale(make_model):
+    """Inside a scale attention is bidirectional: changing the last token of scale 2 moves its first token's logits."""
+    model = make_model()
+    cfg = model.config
+    class_labels, tf_input, _ = make_inputs(cfg)
+    begin, end = cfg.scale_boundaries[2]
+    perturbed = tf_input.clone()
+    perturbed[:, end - 1 - cfg.first_len] += 1.0
+    delta = (model(class_labels, perturbed).logits - model(class_labels, tf_input).logits)[:, begin]
+    assert delta.abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preallocate", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_matches_full_forward(make_model, variant, preallocate):
+    model = make_model(**VARIANTS[variant])
+    class_labels, tf_input, _ = make_inputs(model.config)
+    full = model(class_labels, tf_input).logits
+    with torch.no_grad():
+        incremental = incremental_logits(model, class_labels, tf_input, model.new_kv_cache(preallocate=preallocate))
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-5)
+
+
+def test_kv_cache_is_needed(make_model):
+    """Without the cache a scale sees only itself, so the logits change: the equality above is not vacuous."""
+    model = make_model()
+    class_labels, tf_input, _ = make_inputs(model.config)
+    full = model(class_labels, tf_input).logits
+    with torch.no_grad():
+        uncached = incremental_logits(model, class_labels, tf_input, kv_cache=None)
+    begin = model.config.scale_boundaries[1][0]
+    torch.testing.assert_close(uncached[:, :begin], full[:, :begin], rtol=0, atol=1e-5)
+    assert (uncached[:, begin:] - full[:, begin:]).abs().max() > 1e-3
+
+
+def test_kv_cache_bookkeeping(make_model):
+    model = make_model()
+    class_labels, tf_input, _ = make_inputs(model.config)
+    cache = VARKVCache(model.config.depth)
+    with torch.no_grad():
+        incremental_logits(model, class_labels, tf_input, cache)
+    assert cache.get_seq_length(0) == cache.get_seq_length(1) == model.config.seq_len
+    assert cache.keys[0].shape == (2, model.config.num_heads, model.config.seq_len, 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Class dropout
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_class_dropout_only_in_training(make_model):
+    model = make_model(cond_drop_rate=1.0)
+    cfg = model.config
+    class_labels, tf_input, _ = make_inputs(cfg)
+    eval_logits = model(class_labels, tf_input).logits
+    torch.testing.assert_close(model(class_labels, tf_input).logits, eval_logits, rtol=0, atol=0)
+    null_logits = model(torch.full_like(class_labels, cfg.null_class), tf_input).logits
+    assert (eval_logits - null_logits).abs().max() > 1e-3, "eval mode must keep the labels"
+
+    model.train()  # every label is dropped to the null class; nothing else is random in this config
+    torch.testing.assert_close(model(class_labels, tf_input).logits, null_logits, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving, loading, initialisation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["l2norm", "shared_aln"])
+def test_save_load_round_trip(make_model, variant, tmp_path):
+    model = make_model(**VARIANTS[variant])
+    model.save_pretrained(tmp_path)
+    loaded = VARTransformer.from_pretrained(tmp_path).eval()
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert state.keys() == loaded_state.keys()
+    # from_pretrained must not re-run _init_weights on loaded tensors (the perturbed values would be lost).
+    assert all(torch.equal(state[k], loaded_state[k]) for k in state)
+    class_labels, tf_input, _ = make_inputs(model.config)
+    assert torch.equal(model(class_labels, tf_input).logits, loaded(class_labels, tf_input).logits)
+
+    auto = AutoModel.from_pretrained(tmp_path)
+    assert type(auto) is VARTransformer and auto.config.shared_aln == model.config.shared_aln
+
+
+def _init_stats(model):
+    cfg = model.config
+    C, std = cfg.embed_dim, math.sqrt(1 / (3 * cfg.embed_dim))
+    assert model.head.weight.std().item() == pytest.approx(cfg.init_head * std, rel=0.15)
+    assert model.head.bias.abs().max() == 0
+    for block in model.blocks:
+        assert block.attn.proj.weight.std().item() == pytest.approx(std / math.sqrt(2 * cfg.depth), rel=0.15)
+        assert block.mlp.fc2.weight.std().item() == pytest.approx(std / math.sqrt(2 * cfg.depth), rel=0.15)
+        assert block.mlp.fc1.weight.std().item() == pytest.approx(std, rel=0.15)
+        if cfg.attn_l2_norm:
+            torch.testing.assert_close(block.attn.log_scale, torch.full_like(block.attn.log_scale, math.log(4.0)))
+        if cfg.shared_aln:
+            gammas, scales = block.adaln_table[0, 0, :2], block.adaln_table[0, 0, 2:]
+            assert scales.std().item() == pytest.approx(cfg.init_adaln / math.sqrt(C), rel=0.15)
+        else:
+            weight = block.adaln.linear.weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
+            gammas, scales = weight[: 2 * C], weight[2 * C :]
+            assert scales.std().item() == pytest.approx(cfg.init_adaln * std, rel=0.15)
+        assert gammas.std() < 1e-3 * scales.std(), "residual gates must start near zero"
+    assert model.head_norm.adaln.linear.weight.std().item() == pytest.approx(cfg.init_adaln * std, rel=0.15)
+    assert model.class_embedding.weight.std().item() == pytest.approx(std, rel=0.15)
+
+
+def test_init_weights_shared_aln(var_config_factory):
+    torch.manual_seed(0)
+    _init_stats(VARTransformer(var_config_factory(vocab_size=64, embed_dim=64, num_heads=2, shared_aln=True)))
+
+
+def test_init_weights(var_config_factory):
+    torch.manual_seed(0)
+    _init_stats(VARTransformer(var_config_factory(vocab_size=64, embed_dim=64, num_heads=2)))
+
+
+def test_named_configs():
+    d16 = VARTransformerConfig.from_named("var_d16")
+    assert (d16.depth, d16.embed_dim, d16.num_heads, d16.seq_len, d16.patch_nums) == (
+        16, 1024, 16, 680, list(PATCH_NUMS_256)
+    )
+    assert d16.drop_path_rate == pytest.approx(0.1 * 16 / 24)
+    d36 = VARTransformerConfig.from_named("var_d36")
+    assert d36.shared_aln and d36.seq_len == 2240 and d36.patch_nums == list(PATCH_NUMS_512)
+    assert set(NAMED_VAR_CONFIGS) == {"var_d16", "var_d20", "var_d24", "var_d30", "var_d36"}
+    with pytest.raises(ValueError, match="divisible"):
+        VARTransformerConfig(depth=2, embed_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="Unknown VAR name"):
+        VARTransformerConfig.from_named("var_d17")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Gradient checkpointing
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _enable_checkpointing(model):
+    # transformers 5 names it activation checkpointing; gradient_checkpointing_enable is its deprecated alias.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable()
+
+
+def test_gradient_checkpointing(make_model):
+    model = make_model(cond_drop_rate=0.0).train()
+    class_labels, tf_input, labels = make_inputs(model.config)
+    calls = []
+    model.blocks[0].attn.register_forward_hook(lambda *args: calls.append(1))
+
+    loss = model(class_labels, tf_input, labels=labels).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert len(calls) == 1
+    model.zero_grad()
+
+    _enable_checkpointing(model)
+    calls.clear()
+    loss_ckpt = model(class_labels, tf_input, labels=labels).loss
+    loss_ckpt.backward()
+    assert len(calls) == 2, "the block should be recomputed in the backward pass"
+    torch.testing.assert_close(loss_ckpt, loss, rtol=0, atol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, 7])
+def test_class_labels_out_of_range(make_model, bad):
+    model = make_model()  # 6 classes: ids 0..5, 6 is the null class
+    _, tf_input, _ = make_inputs(model.config)
+    with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 6\]"):
+        model(torch.tensor([0, bad]), tf_input)
+
+
+def test_class_labels_shape(make_model):
+    model = make_model()
+    _, tf_input, _ = make_inputs(model.config)
+    with pytest.raises(ValueError, match="class_labels must be a 1-D"):
+        model(torch.tensor([[0], [1]]), tf_input)
+
+
+@pytest.mark.parametrize("bad", [-3, 32])
+def test_labels_out_of_range(make_model, bad):
+    model = make_model()
+    class_labels, tf_input, labels = make_inputs(model.config)
+    labels[1, 5] = bad
+    with pytest.raises(ValueError, match="labels"):
+        model(class_labels, tf_input, labels=labels)
+
+
+@pytest.mark.parametrize("shape", [(2, 21, 8), (2, 20, 4), (3, 20, 8), (20, 8)])
+def test_teacher_forcing_input_shape(make_model, shape):
+    model = make_model()
+    with pytest.raises(ValueError, match=r"teacher_forcing_input must have shape \(2, 20, 8\)"):
+        model(torch.tensor([0, 1]), torch.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(2, 20), (1, 21), (2, 21, 1)])
+def test_labels_shape(make_model, shape):
+    model = make_model()
+    class_labels, tf_input, _ = make_inputs(model.config)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2, 21\)"):
+        model(class_labels, tf_input, labels=torch.zeros(shape, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Real size
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_var_d16_forward_real_size():
+    """The official d16 shapes (310M parameters) with random weights: one float32 forward at batch 1."""
+    torch.manual_seed(0)
+    model = VARTransformer(VARTransformerConfig.from_named("var_d16")).eval()
+    assert 300e6 < sum(p.numel() for p in model.parameters()) < 320e6
+    class_labels, tf_input, labels = make_inputs(model.config, batch=1)
+    with torch.no_grad():
+        out = model(class_labels, tf_input, labels=labels)
+    assert out.logits.shape == (1, 680, 4096) and torch.isfinite(out.loss)
