@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "train-var": ("var_hf.training.train_var", "add_arguments", "run", "train the VAR transformer"),
     "tokenize": ("var_hf.training.tokenize", "add_arguments", "run", "encode a dataset into token maps (Arrow)"),
     "evaluate": ("var_hf.evaluation", "add_evaluate_arguments", "run_evaluate_command", "FID / IS / precision / recall"),
+    "train-domain-classifier": ("var_hf.evaluation", "add_train_domain_classifier_arguments",
+                                "run_train_domain_classifier_command", "train the small-dataset feature extractor"),
     "push": ("var_hf.hub", "add_push_arguments", "run_push_command", "upload a pipeline folder to the Hub"),
 }
 
