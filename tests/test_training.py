@@ -1,0 +1,400 @@
+"""Training entry points: schedule and loss math, losses, checkpoints, exact resumption after a SIGKILL, and a real
+two-process (gloo) run against a one-process run with the same global batch.
+
+Everything runs on tiny models (8x8 images, patch_nums (1, 2, 4)) and slices of the real Fashion-MNIST.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from var_hf import MultiScaleVQVAE, VARTransformer
+from var_hf.data import ImageTransform, fashion_mnist_available, load_fashion_mnist
+from var_hf.training import common, tokenize, train_var, train_vqvae
+
+from conftest import make_var_config, make_vqvae_config
+
+pytestmark = pytest.mark.skipif(
+    not fashion_mnist_available(),
+    reason="Fashion-MNIST idx files missing from /usr/share/datasets/fashion-mnist (apt-get install fashion-mnist)",
+)
+
+TINY_VAR = ["--depth", "2", "--embed_dim", "32", "--num_heads", "2", "--max_train_samples", "64",
+            "--max_val_samples", "16", "--batch_size", "8", "--no_progress_bar", "--no_card_samples"]
+TINY_VQVAE = ["--base_channels", "32", "--channel_multipliers", "1,2", "--num_res_blocks", "1", "--no_attention",
+              "--vocab_size", "32", "--vq_embed_dim", "8", "--patch_nums", "1,2,4", "--max_train_samples", "64",
+              "--max_val_samples", "16", "--batch_size", "8", "--no_progress_bar"]
+
+
+@pytest.fixture(scope="module")
+def vqvae_dir(tmp_path_factory):
+    """A tiny random VQVAE (8x8 images, 21 tokens) saved as a folder."""
+    folder = tmp_path_factory.mktemp("vqvae")
+    torch.manual_seed(0)
+    MultiScaleVQVAE(make_vqvae_config()).save_pretrained(str(folder))
+    return str(folder)
+
+
+def _subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop(common.KILL_ENV, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(output_dir):
+    with open(os.path.join(output_dir, "logs", "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _train_losses(output_dir):
+    return {r["step"]: r["train/loss"] for r in _metrics(output_dir) if "train/loss" in r}
+
+
+def _weights(folder):
+    return load_file(glob.glob(os.path.join(folder, "*.safetensors"))[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Schedule, parameter groups, EMA, loss
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_follows_the_reference():
+    # Reference lr_wd_annealing('lin0', wp_it=10, max_it=110, wp0=0.005, wpe=0.01).
+    lr = lambda step: common.lr_ratio(step, 10, 110, "lin0", 0.005, 0.01)  # noqa: E731
+    assert lr(0) == pytest.approx(0.005)
+    assert lr(5) == pytest.approx(0.005 + 0.995 * 0.5)
+    assert lr(10) == 1.0 and lr(14) == 1.0  # flat for the first 5% after warm-up
+    assert lr(109) == pytest.approx(0.01)  # ends at wpe
+    passed = (60 - 10) / (109 - 10)
+    assert lr(60) == pytest.approx(0.01 + 0.99 * (1 - passed) / 0.95)
+    assert common.lr_ratio(109, 10, 110, "cos", 0.005, 0.01) == pytest.approx(0.01)
+    assert common.lr_ratio(50, 10, 110, "const") == 1.0
+    with pytest.raises(ValueError, match="Unknown lr schedule"):
+        common.lr_ratio(50, 10, 110, "bogus")
+    args = argparse.Namespace(lr=None, base_lr=1e-4, batch_size=768)
+    assert common.peak_learning_rate(args) == pytest.approx(3e-4)  # base_lr * batch / 256
+
+
+def test_param_groups_exclude_embeddings_norms_and_biases():
+    model = VARTransformer(make_var_config())
+    groups = common.param_groups(model, train_var.VAR_NO_DECAY_KEYS)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    no_decay = {names[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["wd_scale"] == 1.0 and groups[1]["wd_scale"] == 0.0
+    assert {"pos_start", "pos_embedding", "level_embedding.weight", "blocks.0.attn.log_scale",
+            "blocks.0.attn.q_bias", "head.bias"} <= no_decay
+    assert {"class_embedding.weight", "blocks.0.attn.qkv.weight", "word_embed.weight", "head.weight"} <= decay
+    assert decay.isdisjoint(no_decay) and len(decay | no_decay) == len(names)
+
+
+def test_ema_tracks_and_restores():
+    model = torch.nn.Linear(2, 2)
+    ema = common.EMA(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # first update: decay min(0.5, 1/10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], start + 0.9)
+    other = common.EMA(torch.nn.Linear(2, 2), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    target = torch.nn.Linear(2, 2)
+    other.copy_to(target)
+    assert torch.equal(target.weight, ema.shadow["weight"]) and other.num_updates == 1
+
+
+def test_training_loss_is_the_models_loss_and_progressive_weights():
+    torch.manual_seed(0)
+    config = make_var_config(label_smoothing=0.1)
+    model = VARTransformer(config).eval()
+    labels = torch.tensor([0, 3])
+    tf_input = torch.randn(2, config.seq_len - 1, config.vq_embed_dim)
+    gt = torch.randint(0, config.vocab_size, (2, config.seq_len))
+    out = model(labels, tf_input, labels=gt)
+    args = argparse.Namespace(progressive=0.0, progressive_start=1, progressive_warmup_steps=None)
+    weights = train_var.token_weights(config, 0, 100, args, 10)
+    ce = torch.nn.functional.cross_entropy(out.logits.view(-1, config.vocab_size), gt.view(-1), label_smoothing=0.1,
+                                           reduction="none").view(2, -1)
+    assert torch.allclose(ce.mul(weights).sum(-1).mean(), out.loss)  # 1/L each: the mean over all L tokens
+    metrics = train_var.scale_metrics(out.logits, gt, config)
+    assert metrics["Lt"] == pytest.approx(metrics["L_4x4"]) and metrics["Acct"] == pytest.approx(metrics["acc_4x4"])
+    per_scale = sum(metrics[f"L_{pn}x{pn}"] * pn * pn for pn in config.patch_nums) / config.seq_len
+    assert metrics["Lm"] == pytest.approx(per_scale, rel=1e-5)
+
+    # Progressive: scales 0..1 during warm-up, the last scale ramped in, then everything.
+    args = argparse.Namespace(progressive=0.5, progressive_start=1, progressive_warmup_steps=4)
+    assert train_var.progressive_scale(5, 100, 10, 0.5, 1, 3) == 1
+    w = train_var.token_weights(config, 5, 100, args, 10)
+    assert torch.all(w[:5] == 1 / 21) and torch.all(w[5:] == 0)
+    w = train_var.token_weights(config, 40, 100, args, 10)  # halfway to step 50: scale 2 (the last) is on
+    assert train_var.progressive_scale(40, 100, 10, 0.5, 1, 3) == -1 and torch.all(w == 1 / 21)
+    w = train_var.token_weights(config, 29, 100, args, 10)
+    assert train_var.progressive_scale(29, 100, 10, 0.5, 1, 3) == -1 or torch.all(w[5:] < 1 / 21)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Gradient checkpointing, LPIPS, discriminator, CLI
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _grads(model, loss_fn):
+    model.zero_grad()
+    loss_fn().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    var = VARTransformer(make_var_config()).train()
+    var.config.cond_drop_rate = 0.0
+    labels, tf_input = torch.tensor([1, 2]), torch.randn(2, 20, 8)
+    gt = torch.randint(0, 32, (2, 21))
+    reference = _grads(var, lambda: var(labels, tf_input, labels=gt).loss)
+    var.activation_checkpointing_enable()
+    checkpointed = _grads(var, lambda: var(labels, tf_input, labels=gt).loss)
+    assert reference.keys() == checkpointed.keys()
+    assert all(torch.allclose(reference[k], checkpointed[k], atol=1e-6) for k in reference)
+
+    vqvae = MultiScaleVQVAE(make_vqvae_config()).train()
+    pixels = torch.rand(2, 3, 8, 8) * 2 - 1
+    loss = lambda: (vqvae(pixels).reconstruction - pixels).square().mean()  # noqa: E731
+    reference = _grads(vqvae, loss)
+    train_vqvae.enable_vqvae_checkpointing(vqvae)
+    checkpointed = _grads(vqvae, loss)
+    assert all(torch.allclose(reference[k], checkpointed[k], atol=1e-6) for k in reference)
+    assert set(vqvae.state_dict()) == set(MultiScaleVQVAE(make_vqvae_config()).state_dict())
+
+
+def test_lpips_loads_user_files_and_never_downloads(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        train_vqvae.LPIPS.from_files([str(tmp_path / "vgg16.pth")])
+    torch.manual_seed(0)
+    reference = train_vqvae.LPIPS()
+    state = reference.state_dict()
+    # torchvision's VGG16 layout and the lpips package's heads, in two files.
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, tmp_path / "vgg16.pth")
+    torch.save({f"lin{k}.model.1.weight": state[f"lins.{k}.weight"].abs() for k in range(5)}, tmp_path / "vgg.pth")
+    with pytest.raises(ValueError, match="linear heads"):
+        train_vqvae.LPIPS.from_files([str(tmp_path / "vgg16.pth")])
+    lpips = train_vqvae.LPIPS.from_files([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth")])
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.allclose(lpips(x, x), torch.zeros(2), atol=1e-6)
+    assert (lpips(x, y) > 0).all() and lpips(x, y).shape == (2,)
+
+
+def test_patch_discriminator_and_adaptive_weight():
+    disc = train_vqvae.PatchDiscriminator(3, 16, num_layers=1)
+    assert disc(torch.randn(2, 3, 8, 8)).shape == (2, 1, 2, 2)
+    assert train_vqvae.PatchDiscriminator(3, 16, num_layers=3)(torch.randn(1, 3, 32, 32)).shape == (1, 1, 2, 2)
+    last = torch.nn.Parameter(torch.randn(4))
+    weight = train_vqvae.adaptive_gan_weight((last * 2).sum(), (last * 0.5).sum(), last)
+    assert weight.item() == pytest.approx(4.0, rel=1e-3)
+    assert train_vqvae.hinge_d_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)).item() == 0.0
+
+
+@pytest.mark.parametrize("module", [train_vqvae, train_var, tokenize])
+def test_every_option_is_a_flag_with_help(module):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.option_strings and action.option_strings[0].startswith("--"), action.dest
+        assert action.help, f"--{action.dest} has no help text"
+    assert callable(module.run) and callable(module.main)
+
+
+def test_global_batch_must_split_evenly():
+    assert common.per_process_batch_size(64, 2, 4) == 8
+    with pytest.raises(ValueError, match="divisible"):
+        common.per_process_batch_size(10, 4, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# End to end, in process
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_vqvae_training_with_gan_dead_codes_ema_and_exact_resume(tmp_path):
+    out = str(tmp_path / "vqvae")
+    argv = TINY_VQVAE + [
+        "--output_dir", out, "--max_steps", "4", "--save_every", "2", "--keep_last", "2", "--grad_accum", "2",
+        "--lr", "1e-3", "--l1_weight", "1", "--disc_weight", "0.5", "--disc_start", "1", "--disc_layers", "1",
+        "--disc_channels", "16", "--dead_code_steps", "1", "--dead_code_every", "1", "--ema_decay", "0.9",
+        "--gradient_checkpointing", "--log_with", "jsonl,tensorboard", "--log_every", "1", "--hflip",
+    ]
+    assert train_vqvae.main(argv) == 0
+    records = _metrics(out)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert {"usage/1x1", "usage/2x2", "usage/4x4", "train/vq_loss", "train/d_loss", "train/d_weight"} <= set(train[-1])
+    assert sum(r["dead_codes_reset"] for r in train) > 0
+    val = [r for r in records if "val/psnr" in r][-1]
+    assert 0 < val["val/psnr"] < 60 and "val_ema/psnr" in val
+    assert glob.glob(os.path.join(out, "logs", "train_vqvae", "events.out.tfevents.*"))
+    config = json.load(open(os.path.join(out, "training_config.json")))
+    assert config["args"]["disc_weight"] == 0.5 and config["final"]["exported_weights"] in ("ema", "raw")
+    assert sorted(os.listdir(out)) == ["checkpoint-00000002", "checkpoint-00000004", "logs", "training_config.json",
+                                       "vqvae"]
+    exported = MultiScaleVQVAE.from_pretrained(os.path.join(out, "vqvae"))
+    assert exported.config.patch_nums == [1, 2, 4]
+
+    # Resume from step 2 (discriminator, its optimizer, EMA and the dead-code counters come back): same weights.
+    final = _weights(os.path.join(out, "checkpoint-00000004"))
+    shutil.rmtree(os.path.join(out, "checkpoint-00000004"))
+    shutil.rmtree(os.path.join(out, "vqvae"))
+    assert train_vqvae.main(argv + ["--resume", "latest"]) == 0
+    resumed = _weights(os.path.join(out, "checkpoint-00000004"))
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
+    assert [r["step"] for r in _metrics(out) if "train/loss" in r] == [1, 2, 3, 4]  # no duplicated steps
+
+
+def test_tokenize_then_train_var_writes_a_loadable_pipeline(tmp_path, vqvae_dir):
+    tokens = str(tmp_path / "tokens")
+    assert tokenize.main(["--vqvae", vqvae_dir, "--output_dir", tokens, "--splits", "train,test",
+                          "--max_samples", "32", "--batch_size", "16"]) == 0
+    import datasets
+
+    saved = datasets.load_from_disk(tokens)
+    assert set(saved) == {"train", "test"} and len(saved["train"]) == 32
+    assert len(saved["train"][0]["tokens"]) == 21 and saved["train"].features["label"].names[7] == "Sneaker"
+    vqvae = MultiScaleVQVAE.from_pretrained(vqvae_dir)
+    first_image = load_fashion_mnist("train", max_samples=1)[0]["image"]
+    expected = torch.cat(vqvae.encode_tokens(ImageTransform(8, random_crop=False)(first_image)[None]), dim=1)
+    assert saved["train"][0]["tokens"] == expected[0].tolist()
+
+    out = str(tmp_path / "var")
+    argv = [a for a in TINY_VAR if a != "--no_card_samples"] + [
+        "--vqvae", vqvae_dir, "--tokenized_dataset", tokens, "--output_dir", out, "--max_steps", "3",
+        "--val_split", "validation", "--save_every", "10", "--label_smoothing", "0.1", "--log_every", "1",
+        "--gradient_checkpointing", "--ema_decay", "0.9", "--export_weights", "ema",
+    ]
+    assert train_var.main(argv) == 0
+    record = [r for r in _metrics(out) if "val/Lm" in r][-1]
+    assert {"val/Lm", "val/Lt", "val/Accm", "val/Acct", "val/L_4x4", "val_ema/Lm"} <= set(record)
+    from var_hf.pipelines import VARPipeline
+
+    pipe = VARPipeline.from_pretrained(os.path.join(out, "pipeline"))
+    assert pipe.transformer.config.id2label[7] == "Sneaker" and pipe.transformer.config.num_classes == 10
+    images = pipe(class_labels=[0, "Sneaker"], guidance_scale=2.0, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (2, 8, 8, 3) and images.min() >= 0 and images.max() <= 1
+    assert os.path.exists(os.path.join(out, "pipeline", "README.md"))
+    ema = torch.load(os.path.join(out, "checkpoint-00000003", "custom_checkpoint_0.pkl"), weights_only=False)
+    exported = VARTransformer.from_pretrained(os.path.join(out, "transformer"))
+    assert torch.equal(exported.head.weight, ema["shadow"]["head.weight"])  # --export_weights ema
+
+    other = str(tmp_path / "other_vqvae")
+    torch.manual_seed(1)
+    MultiScaleVQVAE(make_vqvae_config()).save_pretrained(other)
+    with pytest.raises(ValueError, match="tokenized by another VQVAE"):
+        train_var.main(argv + ["--vqvae", other, "--output_dir", str(tmp_path / "bad")])
+
+
+def test_corrupt_or_incompatible_checkpoints_fail_loudly(tmp_path, vqvae_dir):
+    out = str(tmp_path / "var")
+    argv = TINY_VAR + ["--vqvae", vqvae_dir, "--output_dir", out, "--max_steps", "2", "--save_every", "1",
+                       "--validate_every", "-1"]
+    assert train_var.main(argv) == 0
+    with pytest.raises(common.CheckpointError, match="transformer_config"):
+        train_var.main(argv + ["--resume", "latest", "--depth", "3"])
+    with pytest.raises(common.CheckpointError, match="batch_size"):
+        train_var.main(argv + ["--resume", "latest", "--batch_size", "16"])
+    with pytest.raises(common.CheckpointError, match="no such checkpoint"):
+        train_var.main(argv + ["--resume", str(tmp_path / "nope")])
+    latest = os.path.join(out, "checkpoint-00000002")
+    with open(os.path.join(latest, "model.safetensors"), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(common.CheckpointError, match="Could not load checkpoint"):
+        train_var.main(argv + ["--resume", "latest"])
+    os.remove(os.path.join(latest, common.TRAINER_STATE_NAME))
+    with pytest.raises(common.CheckpointError, match="not a complete checkpoint"):
+        train_var.main(argv + ["--resume", "latest"])
+    # A save interrupted before the rename leaves only a .tmp folder: ignored and cleaned up.
+    os.makedirs(os.path.join(out, ".tmp-checkpoint-00000009"))
+    shutil.rmtree(latest)
+    assert train_var.main(argv + ["--resume", "latest"]) == 0
+    assert not glob.glob(os.path.join(out, ".tmp-*"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Real processes: SIGKILL + resume, and two processes against one
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path, vqvae_dir):
+    """A real training process SIGKILLs itself right after step 4's checkpoint; resuming reaches step 6 with the
+    same weights, EMA and losses as a run that was never interrupted (class dropout, drop path, random crops and
+    flips included)."""
+    common_args = TINY_VAR + [
+        "--vqvae", vqvae_dir, "--max_steps", "6", "--save_every", "2", "--log_every", "1", "--grad_accum", "2",
+        "--ema_decay", "0.9", "--cond_drop_rate", "0.5", "--drop_path_rate", "0.2", "--hflip",
+        "--label_smoothing", "0.1", "--validate_every", "-1", "--lr", "1e-3",
+    ]
+    killed = str(tmp_path / "killed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "var_hf.training.train_var", *common_args, "--output_dir", killed],
+        env={**_subprocess_env(), common.KILL_ENV: "4"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert sorted(os.listdir(killed))[:2] == ["checkpoint-00000002", "checkpoint-00000004"]
+    assert not os.path.exists(os.path.join(killed, "transformer"))
+
+    straight = str(tmp_path / "straight")
+    assert train_var.main(common_args + ["--output_dir", straight]) == 0
+    assert train_var.main(common_args + ["--output_dir", killed, "--resume", "latest"]) == 0
+
+    expected, got = _weights(os.path.join(straight, "transformer")), _weights(os.path.join(killed, "transformer"))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    ema = [torch.load(os.path.join(d, "checkpoint-00000006", "custom_checkpoint_0.pkl"), weights_only=False)
+           for d in (straight, killed)]
+    assert all(torch.equal(ema[0]["shadow"][k], ema[1]["shadow"][k]) for k in ema[0]["shadow"])
+    assert _train_losses(straight) == _train_losses(killed)
+
+
+def test_two_processes_match_one_process(tmp_path, vqvae_dir):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): each process takes half of every global batch
+    (contiguous slices of the same permutation), so losses and weights match a one-process run with the same
+    --batch_size. Class dropout and drop path are off: their per-process random streams legitimately differ."""
+    args = TINY_VAR + ["--vqvae", vqvae_dir, "--max_steps", "3", "--log_every", "1", "--cond_drop_rate", "0",
+                       "--drop_path_rate", "0", "--lr", "1e-3", "--save_every", "10"]
+    two = str(tmp_path / "two")
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(_free_port()), "-m", "var_hf.training.train_var", *args, "--output_dir", two],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run_config = json.load(open(os.path.join(two, "training_config.json")))
+    assert run_config["environment"]["num_processes"] == 2 and run_config["micro_batch_per_process"] == 4
+
+    one = str(tmp_path / "one")
+    assert train_var.main(args + ["--output_dir", one]) == 0
+    losses_two, losses_one = _train_losses(two), _train_losses(one)
+    assert losses_two.keys() == losses_one.keys() == {1, 2, 3}
+    for step in losses_one:
+        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-5)
+    val_two = [r for r in _metrics(two) if "val/Lm" in r][-1]
+    val_one = [r for r in _metrics(one) if "val/Lm" in r][-1]
+    assert val_two["val/samples"] == val_one["val/samples"] == 16
+    assert val_two["val/Lm"] == pytest.approx(val_one["val/Lm"], rel=1e-5)
+    w_two, w_one = _weights(os.path.join(two, "transformer")), _weights(os.path.join(one, "transformer"))
+    assert all(torch.allclose(w_two[k], w_one[k], atol=1e-5) for k in w_one)
