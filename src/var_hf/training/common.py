@@ -636,6 +636,28 @@ def write_run_config(output_dir: str, config: Dict[str, Any]):
     os.replace(tmp, os.path.join(output_dir, RUN_CONFIG_NAME))
 
 
+def start_or_resume(
+    accelerator: Accelerator, args: argparse.Namespace, kind: str, compatibility: Dict[str, Any],
+    run_config: Dict[str, Any],
+):
+    """Shared start of both stages: checkpoint manager, resume (or seed), run config and trackers.
+
+    Returns `(checkpoint_manager, start_step, resume_path)`; `resume_path` is None for a fresh run.
+    """
+    ckpt = CheckpointManager(accelerator, args.output_dir, kind, compatibility, args.keep_last, run_config)
+    ckpt.cleanup_partial()
+    resume_path = ckpt.resolve(args.resume)
+    start_step = ckpt.load(resume_path) if resume_path else 0
+    if accelerator.is_main_process:
+        write_run_config(args.output_dir, run_config)
+    init_trackers(accelerator, f"train_{kind}", args, start_step)
+    if resume_path is None:
+        # Per-process streams for anything stochastic inside the step (class dropout, drop path, GAN, dead codes);
+        # on resume they are restored from the checkpoint instead.
+        seed_everything(args.seed, accelerator.process_index)
+    return ckpt, start_step, resume_path
+
+
 def environment_info(accelerator: Accelerator) -> Dict[str, Any]:
     import accelerate
     import datasets
@@ -811,6 +833,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "EMA",
+    "start_or_resume",
     "JSONLinesTracker",
     "KILL_ENV",
     "Progress",

@@ -310,16 +310,7 @@ def run(args: argparse.Namespace) -> int:
         "vqvae_fingerprint": fingerprint, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
         "seed": args.seed, "num_train_samples": len(train_data), "tokenized": tokenized,
     }
-    ckpt = common.CheckpointManager(accelerator, args.output_dir, "var", compat, args.keep_last, run_config)
-    ckpt.cleanup_partial()
-    resume_path = ckpt.resolve(args.resume)
-    start_step = ckpt.load(resume_path) if resume_path else 0
-    if accelerator.is_main_process:
-        common.write_run_config(args.output_dir, run_config)
-    common.init_trackers(accelerator, "train_var", args, start_step)
-    if resume_path is None:
-        # Per-process streams for class dropout and drop path; restored from the checkpoint on resume.
-        common.seed_everything(args.seed, accelerator.process_index)
+    ckpt, start_step, _ = common.start_or_resume(accelerator, args, "var", compat, run_config)
 
     loader = build_train_loader(
         train_data, transform, micro_batch, accelerator.num_processes, accelerator.process_index, args.seed,

@@ -410,16 +410,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed,
         "num_train_samples": len(train_set), "gan": use_gan,
     }
-    ckpt = common.CheckpointManager(accelerator, args.output_dir, "vqvae", compat, args.keep_last, run_config)
-    ckpt.cleanup_partial()
-    resume_path = ckpt.resolve(args.resume)
-    start_step = ckpt.load(resume_path) if resume_path else 0
-    if accelerator.is_main_process:
-        common.write_run_config(args.output_dir, run_config)
-    common.init_trackers(accelerator, "train_vqvae", args, start_step)
-    if resume_path is None:
-        # Per-process streams for anything stochastic inside the step; restored from the checkpoint on resume.
-        common.seed_everything(args.seed, accelerator.process_index)
+    ckpt, start_step, _ = common.start_or_resume(accelerator, args, "vqvae", compat, run_config)
 
     transform = ImageTransform(image_size, args.mid_ratio, random_crop=True, hflip=args.hflip)
     loader = build_train_loader(
