@@ -28,6 +28,7 @@ from diffusers.utils import BaseOutput, logging
 from ..labels import LabelMap, imagenet_id2label, is_default_id2label
 from ..modeling_var import VARTransformer
 from ..modeling_vqvae import MultiScaleVQVAE
+from ..fast_sampling import StaticScaleRunners, fast_decoding, max_batch_for_memory, resolve_fast_path
 from ..scheduling_var import VARScaleScheduler
 
 logger = logging.get_logger(__name__)
@@ -94,6 +95,7 @@ class VARPipeline(DiffusionPipeline):
         self.register_to_config(id2label={str(k): v for k, v in id2label.items()})
         self.label_map = LabelMap(id2label, transformer.config.num_classes)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
+        self._runners = StaticScaleRunners()  # the fast path's static caches and CUDA graphs, kept between calls
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=1, do_resize=True, do_normalize=False, do_binarize=False, do_convert_grayscale=True
         )
@@ -266,6 +268,8 @@ class VARPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[["VARPipeline", int, int, Dict[str, Any]], Dict[str, Any]]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("image_estimate",),
+        fast_path: Optional[bool] = None,
+        max_batch_size: Optional[int] = None,
     ) -> Union[VARPipelineOutput, Tuple]:
         r"""
         Generate images.
@@ -302,7 +306,16 @@ class VARPipeline(DiffusionPipeline):
                 Called after each scale as `callback(pipe, scale_index, scale_index, tensors)`; `tensors` holds the
                 names in `callback_on_step_end_tensor_inputs`: `image_estimate` (the image decoded from the scales so
                 far, (B, 3, H, W) in [0, 1], for coarse-to-fine previews), `f_hat`, `token_map`. A returned `f_hat`
-                replaces the running one.
+                replaces the running one. With chunking, called for every chunk.
+            fast_path (`bool`, *optional*):
+                The fast path (see `docs/performance.md`): per-scale CUDA graphs on static buffers, sort-free
+                top-k/top-p, channels-last decoding with cuDNN autotuning. `None` (default) turns it on exactly when
+                the pipeline runs on CUDA. In float32 it draws the same tokens as `fast_path=False` for the same seed
+                (exact ties in the logits aside); for bf16 speed load the pipeline with `torch_dtype=torch.bfloat16`.
+            max_batch_size (`int`, *optional*):
+                Sample in chunks of at most this many images. `None`: on CUDA, as many as the free memory should
+                hold (an estimate); elsewhere all at once. With one generator the draws depend on the chunking; with
+                one generator per image they do not.
         """
         labels = self.get_label_ids(class_labels)
         if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
@@ -317,67 +330,131 @@ class VARPipeline(DiffusionPipeline):
             raise ValueError("mask_image was given without image; pass the image to edit.")
 
         device = self._execution_device
+        fast = resolve_fast_path(fast_path, device)
+        chunk_size = self._chunk_size(B, max_batch_size, fast, device)
         editing = image is not None
         if editing:
             image_tokens, keep_Bhw = self.prepare_edit_inputs(image, mask_image, B, device)
+        chunks = [slice(start, min(start + chunk_size, B)) for start in range(0, B, chunk_size)]
+        if len(chunks) > 1:
+            logger.info(
+                f"Sampling {B} images in {len(chunks)} chunks of at most {chunk_size} (to fit memory). With one "
+                f"generator the draws depend on the chunking; pass one generator per image for chunk-independent results."
+            )
 
+        self.scheduler.set_timesteps(device=device)
+        K = self.scheduler.num_scales
+        f_hats, token_maps_per_chunk = [], []
+        with self.progress_bar(total=K * len(chunks)) as progress:
+            for chunk in chunks:
+                chunk_generator = generator[chunk] if isinstance(generator, (list, tuple)) else generator
+                edit = ([t[chunk] for t in image_tokens], keep_Bhw[chunk]) if editing else None
+                f_hat, chunk_token_maps = self._sample_chunk(
+                    labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator, edit,
+                    fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                )
+                f_hats.append(f_hat)
+                token_maps_per_chunk.append(chunk_token_maps)
+        token_maps = [torch.cat(maps, dim=0) for maps in zip(*token_maps_per_chunk)]
+
+        if output_type == "latent":
+            images = torch.cat(f_hats, dim=0)
+        else:
+            decoded = torch.cat([self.decode_latents(f_hat, fast) for f_hat in f_hats], dim=0)
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, token_maps
+        return VARPipelineOutput(images=images, token_maps=token_maps)
+
+    # ------------------------------------------------------------------ sampling internals
+
+    def _chunk_size(self, batch_size: int, max_batch_size: Optional[int], fast: bool, device) -> int:
+        if max_batch_size is not None:
+            if not isinstance(max_batch_size, int) or max_batch_size < 1:
+                raise ValueError(f"max_batch_size must be an int >= 1 (or None: chosen from free memory), got {max_batch_size!r}.")
+            return min(max_batch_size, batch_size)
+        if torch.device(device).type != "cuda":
+            return batch_size
+        if fast and not any(key[1] == 2 * batch_size for key in self._runners.runners):
+            self._runners.clear()  # other batch sizes' caches would otherwise count against this one
+            torch.cuda.empty_cache()
+        fits = max_batch_for_memory(self.transformer, self.vqvae.config, device)
+        return min(batch_size, fits) if fits is not None else batch_size
+
+    def release_fast_path(self):
+        """Free the fast path's pre-allocated caches and captured CUDA graphs (they are kept between calls)."""
+        self._runners.clear()
+
+    def decode_latents(self, f_hat: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [-1, 1]; `fast`: channels-last with cuDNN autotuning
+        (same dtype as the VQVAE, so numerics only move by convolution algorithm choice)."""
+        if not fast:
+            return self.vqvae.decode(f_hat).float()
+        with fast_decoding(f_hat.device):
+            return self.vqvae.decode(f_hat.contiguous(memory_format=torch.channels_last)).float().contiguous()
+
+    def _sample_chunk(
+        self, labels, guidance_scale, top_k, top_p, temperature, more_smooth, generator, edit, fast, progress,
+        callback_on_step_end, callback_on_step_end_tensor_inputs,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The scale loop for one batch: returns the final f_hat (B, C, pn, pn) and the token maps."""
         transformer, vqvae, scheduler = self.transformer, self.vqvae, self.scheduler
+        device = self._execution_device
         patch_nums = list(scheduler.config.patch_nums)
-        K, C = len(patch_nums), vqvae.config.vq_embed_dim
-        scheduler.set_timesteps(device=device)
+        K, C, B = len(patch_nums), vqvae.config.vq_embed_dim, len(labels)
 
         labels_B = torch.tensor(labels, device=device, dtype=torch.long)
         null_B = torch.full_like(labels_B, transformer.config.null_class)
         cond_2BD = transformer.embed_class(torch.cat((labels_B, null_B)))
         x_2BlC = transformer.embed_first_scale(cond_2BD)
-        kv_cache = transformer.new_kv_cache()
+        if fast:
+            runner = self._runners.get(transformer, 2 * B, use_cuda_graphs=torch.device(device).type == "cuda")
+            runner.set_condition(cond_2BD)
+        else:
+            kv_cache = transformer.new_kv_cache()
         f_hat = torch.zeros(B, C, patch_nums[-1], patch_nums[-1], device=device, dtype=torch.float32)
         codebook = vqvae.quantizer.codebook.weight
         token_maps = []
 
-        with self.progress_bar(total=K) as progress:
-            for si, pn in enumerate(patch_nums):
+        for si, pn in enumerate(patch_nums):
+            if fast:
+                logits_2BlV = runner.run(si, x_2BlC)
+            else:
                 logits_2BlV = transformer.forward_scale(x_2BlC, cond_2BD, kv_cache)
-                logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], si, guidance_scale)
-                step = scheduler.step(
-                    logits_BlV, si, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature,
-                    more_smooth=more_smooth, codebook=codebook,
-                )
-                token_map = step.token_map
-                h_BlC = step.smoothed_embeddings if more_smooth else vqvae.embed_tokens(token_map)
-                h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
-                if editing:
-                    keep_B1hw = self.keep_mask_at_scale(keep_Bhw, pn)
-                    gt_BChw = vqvae.embed_tokens(image_tokens[si]).transpose(1, 2).reshape(B, C, pn, pn)
-                    h_BChw = gt_BChw * keep_B1hw + h_BChw * (1 - keep_B1hw)
-                    keep_Bl = keep_B1hw.flatten(1).bool()
-                    token_map = torch.where(keep_Bl, image_tokens[si], token_map)
-                token_maps.append(token_map)
-                f_hat, next_BChw = vqvae.next_scale_input(si, f_hat, h_BChw)
-                if si != K - 1:
-                    next_BlC = next_BChw.reshape(B, C, -1).transpose(1, 2)
-                    x_2BlC = transformer.embed_next_scale(si + 1, next_BlC).repeat(2, 1, 1)
+            logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], si, guidance_scale)
+            step = scheduler.step(
+                logits_BlV, si, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature,
+                more_smooth=more_smooth, codebook=codebook, sort_free=fast,
+            )
+            token_map = step.token_map
+            h_BlC = step.smoothed_embeddings if more_smooth else vqvae.embed_tokens(token_map)
+            h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
+            if edit is not None:
+                image_tokens, keep_Bhw = edit
+                keep_B1hw = self.keep_mask_at_scale(keep_Bhw, pn)
+                gt_BChw = vqvae.embed_tokens(image_tokens[si]).transpose(1, 2).reshape(B, C, pn, pn)
+                h_BChw = gt_BChw * keep_B1hw + h_BChw * (1 - keep_B1hw)
+                keep_Bl = keep_B1hw.flatten(1).bool()
+                token_map = torch.where(keep_Bl, image_tokens[si], token_map)
+            token_maps.append(token_map)
+            f_hat, next_BChw = vqvae.next_scale_input(si, f_hat, h_BChw)
+            if si != K - 1:
+                next_BlC = next_BChw.reshape(B, C, -1).transpose(1, 2)
+                x_2BlC = transformer.embed_next_scale(si + 1, next_BlC).repeat(2, 1, 1)
 
-                if callback_on_step_end is not None:
-                    tensors = {}
-                    for name in callback_on_step_end_tensor_inputs:
-                        if name == "image_estimate":
-                            tensors[name] = vqvae.decode(f_hat).float().add(1).mul(0.5)
-                        else:
-                            tensors[name] = {"f_hat": f_hat, "token_map": token_map}[name]
-                    returned = callback_on_step_end(self, si, si, tensors) or {}
-                    if "f_hat" in returned:
-                        f_hat = returned["f_hat"]
-                progress.update()
-
-        if output_type == "latent":
-            images = f_hat
-        else:
-            images = self.image_processor.postprocess(vqvae.decode(f_hat).float(), output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, token_maps
-        return VARPipelineOutput(images=images, token_maps=token_maps)
+            if callback_on_step_end is not None:
+                tensors = {}
+                for name in callback_on_step_end_tensor_inputs:
+                    if name == "image_estimate":
+                        tensors[name] = self.decode_latents(f_hat).add(1).mul(0.5)
+                    else:
+                        tensors[name] = {"f_hat": f_hat, "token_map": token_map}[name]
+                returned = callback_on_step_end(self, si, si, tensors) or {}
+                if "f_hat" in returned:
+                    f_hat = returned["f_hat"]
+            progress.update()
+        return f_hat, token_maps
 
 
 def _spatial_size(obj) -> Tuple[int, int]:

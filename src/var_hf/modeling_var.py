@@ -74,6 +74,23 @@ class VARKVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
 
+    def allocate(self, batch_size: int, num_heads: int, head_dim: int, dtype: torch.dtype, device) -> "VARKVCache":
+        """Allocate every layer's buffers now rather than at the first update: buffers that never move are what a
+        captured CUDA graph needs. Pre-allocated caches only."""
+        if self.max_len is None:
+            raise ValueError("Only a pre-allocated cache (max_len set) can be allocated up front.")
+        shape = (batch_size, num_heads, self.max_len, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.keys]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.values]
+        return self
+
+    def seek(self, length: int):
+        """Treat the first `length` positions of every layer as filled: the next update writes from there. Lets a
+        replayed scale rewrite its own slot instead of appending."""
+        if self.max_len is None or not 0 <= length <= self.max_len:
+            raise ValueError(f"seek({length}) needs a pre-allocated cache and 0 <= length <= {self.max_len}.")
+        self.lengths = [length] * len(self.lengths)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Blocks
@@ -340,7 +357,8 @@ class VARTransformer(VARPreTrainedModel):
     def level_ids(self, device=None) -> torch.Tensor:
         """Scale index of every position, (L,)."""
         sizes = torch.tensor([pn * pn for pn in self.config.patch_nums], device=device)
-        return torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
+        # output_size spares a device-to-host sync (the sampling loop calls this once per scale).
+        return torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes, output_size=self.config.seq_len)
 
     def block_causal_mask(self, device=None) -> torch.Tensor:
         """(L, L) boolean, True where query i may attend to key j: j's scale <= i's scale."""

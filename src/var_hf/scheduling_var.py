@@ -126,6 +126,33 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             logits_BlV.masked_fill_(sorted_remove.scatter(sorted_idx.ndim - 1, sorted_idx, sorted_remove), -torch.inf)
         return logits_BlV
 
+    @classmethod
+    def filter_logits_sort_free(cls, logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+        """[`filter_logits`] without sorting the vocabulary: one sorted top-k serves both filters.
+
+        After top-k, the reference's ascending sort of the logits is `V - k` times -inf followed by the k survivors in
+        ascending order; this rebuilds exactly that vector from the top-k values, so the softmax, the cumulative sum
+        and hence the top-p decisions are bit-identical. Because the removed tokens are a prefix of the ascending
+        order, the result is one threshold per row (the smallest surviving logit) and no scatter is needed. The one
+        difference: where logits tie exactly at a boundary, the reference keeps or drops tied tokens by their sort
+        order while this keeps all of them (ties need low precision or identical logits). Without top-k there is no
+        short list to sort, and this falls back to [`filter_logits`].
+        """
+        V = logits_BlV.shape[-1]
+        if top_k <= 0 or top_k >= V:
+            return cls.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
+        top_BlK = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=True).values  # descending
+        threshold_Bl1 = top_BlK[..., -1:]  # the k-th largest: what top-k keeps
+        if top_p > 0:
+            ascending_BlK = top_BlK.flip(-1)
+            ascending_BlV = torch.full_like(logits_BlV, -torch.inf)
+            ascending_BlV[..., V - top_k :] = ascending_BlK
+            remove_BlK = ascending_BlV.softmax(dim=-1).cumsum_(dim=-1)[..., V - top_k :] <= (1 - top_p)
+            remove_BlK[..., -1:] = False
+            num_removed_Bl1 = remove_BlK.sum(dim=-1, keepdim=True)
+            threshold_Bl1 = ascending_BlK.gather(-1, num_removed_Bl1)  # smallest survivor of top-p
+        return logits_BlV.masked_fill_(logits_BlV < threshold_Bl1, -torch.inf)
+
     def step(
         self,
         logits: torch.Tensor,
@@ -136,6 +163,7 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
         temperature: float = 1.0,
         more_smooth: bool = False,
         codebook: Optional[torch.Tensor] = None,
+        sort_free: bool = False,
         return_dict: bool = True,
     ) -> Union[VARSchedulerOutput, tuple]:
         r"""
@@ -158,12 +186,14 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
                 Logits are divided by it before filtering (1 is the reference).
             more_smooth (`bool`, *optional*, defaults to `False`):
                 Also return the Gumbel-softmax mixture of codes (needs `codebook`, (vocab_size, vq_embed_dim)).
+            sort_free (`bool`, *optional*, defaults to `False`):
+                Filter with [`filter_logits_sort_free`] (the fast path): the same tokens except at exact ties.
         """
         if logits.ndim != 3:
             raise ValueError(f"logits must be (batch, tokens, vocab), got shape {tuple(logits.shape)}.")
         B, l, V = logits.shape
         logits_BlV = logits.float() / temperature if temperature != 1.0 else logits.float().clone()
-        self.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
+        (self.filter_logits_sort_free if sort_free else self.filter_logits)(logits_BlV, top_k=top_k, top_p=top_p)
         probs_NV = logits_BlV.softmax(dim=-1).view(-1, V)
         if isinstance(generator, (list, tuple)):
             if len(generator) != B:

@@ -1,0 +1,173 @@
+"""The fast sampling path of [`VARPipeline`]: static per-scale transformer steps replayed as CUDA graphs, a sort-free
+top-k/top-p (in the scheduler), channels-last decoding with cuDNN autotuning, and batch chunking by free memory.
+
+Why it stays exact: VAR's shapes are static per scale (scale k always has pn_k^2 tokens attending to the same cache
+prefix), so each scale's transformer step can be captured once as a CUDA graph on buffers that never move. A replay
+launches the very kernels eager PyTorch launched at capture, so in a given dtype the logits are bit-identical to the
+eager ones; the time saved is the launch overhead of the hundreds of small kernels per scale, which dominates at
+small batch. Numerics change only where the user changes the dtype (load the pipeline with
+`torch_dtype=torch.bfloat16`).
+
+The path is chosen by a rule, not by what happens to be installed: `fast_path=None` means "on when the pipeline runs
+on CUDA". On other devices (and in the CPU tests) `fast_path=True` runs the same static steps eagerly, on the same
+buffers, without graphs.
+"""
+
+import contextlib
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from diffusers.utils import logging
+
+from .modeling_var import VARKVCache, VARTransformer
+
+logger = logging.get_logger(__name__)
+
+
+def resolve_fast_path(fast_path: Optional[bool], device: torch.device) -> bool:
+    """`None` -> on for CUDA, off elsewhere; `True`/`False` are taken as given."""
+    if fast_path is None:
+        return torch.device(device).type == "cuda"
+    if not isinstance(fast_path, bool):
+        raise ValueError(f"fast_path must be True, False or None (on for CUDA), got {fast_path!r}.")
+    return fast_path
+
+
+class StaticScaleRunner:
+    """Runs [`VARTransformer.forward_scale`] for one batch size on buffers allocated once: per-scale inputs, the class
+    condition, a pre-allocated [`VARKVCache`] (without the last scale) and per-scale logits.
+
+    With `use_cuda_graphs` each scale is captured the first time it runs (warm-up on a side stream, capture, then
+    replay) and replayed afterwards; all scales share one memory pool and always replay in capture order. Without, the
+    same steps run eagerly. Logits returned by [`run`] live in a static buffer that the next call for that scale
+    overwrites; consume them first.
+
+    Args:
+        transformer ([`VARTransformer`]): in eval mode; its weights must not be replaced while the runner is used
+            (graphs hold pointers to them).
+        batch_size (`int`): rows of every call, conditional and unconditional halves together.
+        use_cuda_graphs (`bool`): capture and replay (needs a CUDA transformer).
+    """
+
+    def __init__(self, transformer: VARTransformer, batch_size: int, use_cuda_graphs: bool):
+        config = transformer.config
+        param = next(transformer.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        if use_cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the transformer on a CUDA device, it is on {self.device}.")
+        self.transformer, self.batch_size, self.use_cuda_graphs = transformer, batch_size, use_cuda_graphs
+        self.scale_begins = [begin for begin, _ in config.scale_boundaries]
+        head_dim = config.embed_dim // config.num_heads
+        self.kv_cache = transformer.new_kv_cache().allocate(batch_size, config.num_heads, head_dim, self.dtype, self.device)
+        self.cond_BD = torch.zeros(batch_size, config.embed_dim, dtype=self.dtype, device=self.device)
+        self.inputs_BlC = [
+            torch.zeros(batch_size, pn * pn, config.embed_dim, dtype=self.dtype, device=self.device)
+            for pn in config.patch_nums
+        ]
+        self.logits_BlV: List[Optional[torch.Tensor]] = [None] * len(config.patch_nums)
+        self.graphs: List[Optional["torch.cuda.CUDAGraph"]] = [None] * len(config.patch_nums)
+        self.pool = None
+
+    def set_condition(self, cond_BD: torch.Tensor):
+        """The class condition of the whole sampling run (it does not change across scales)."""
+        self.cond_BD.copy_(cond_BD)
+
+    def _step(self, scale_index: int) -> torch.Tensor:
+        self.kv_cache.seek(self.scale_begins[scale_index])
+        return self.transformer.forward_scale(self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache)
+
+    def _capture(self, scale_index: int):
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up outside capture: lazy cuBLAS/cuDNN set-up must not be recorded
+            self._step(scale_index)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.logits_BlV[scale_index] = self._step(scale_index)
+        self.pool = graph.pool() if self.pool is None else self.pool
+        self.graphs[scale_index] = graph
+
+    def run(self, scale_index: int, hidden_states_BlC: torch.Tensor) -> torch.Tensor:
+        """Logits (batch_size, pn*pn, V), float32, of scale `scale_index`; scales must come in order 0, 1, ..."""
+        self.inputs_BlC[scale_index].copy_(hidden_states_BlC)
+        if not self.use_cuda_graphs:
+            self.logits_BlV[scale_index] = self._step(scale_index)
+        else:
+            if self.graphs[scale_index] is None:
+                self._capture(scale_index)
+            self.graphs[scale_index].replay()
+        return self.logits_BlV[scale_index]
+
+
+class StaticScaleRunners:
+    """The runners of one pipeline, by batch size; at most `max_runners` are kept (a chunked batch needs two: full
+    chunks and the remainder). Dropping a runner frees its cache and graphs."""
+
+    def __init__(self, max_runners: int = 2):
+        self.max_runners = max_runners
+        self.runners: Dict[Tuple, StaticScaleRunner] = {}
+
+    def get(self, transformer: VARTransformer, batch_size: int, use_cuda_graphs: bool) -> StaticScaleRunner:
+        param = next(transformer.parameters())
+        # The weights' address is part of the key: graphs hold pointers, so a moved or reloaded model needs new ones.
+        key = (id(transformer), batch_size, param.dtype, param.device, param.data_ptr(), use_cuda_graphs)
+        runner = self.runners.pop(key, None)
+        if runner is None:
+            while len(self.runners) >= self.max_runners:
+                self.runners.pop(next(iter(self.runners)))
+            runner = StaticScaleRunner(transformer, batch_size, use_cuda_graphs)
+        self.runners[key] = runner  # most recently used last
+        return runner
+
+    def clear(self):
+        self.runners.clear()
+
+
+@contextlib.contextmanager
+def fast_decoding(device: torch.device):
+    """cuDNN autotuning for the decoder's convolutions (restored on exit); used with channels-last inputs."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config) -> int:
+    """Rough peak memory of sampling one image (with CFG): its share of the KV cache plus the transient tensors of
+    the last, largest scale (the concatenated keys/values of one layer, the MLP hidden, logits and the sampler's
+    copies), plus the decoder's largest activations. An estimate for chunking, not an exact figure."""
+    config = transformer.config
+    item = next(transformer.parameters()).element_size()
+    rows, C, V = 2, config.embed_dim, config.vocab_size
+    last = config.patch_nums[-1] ** 2
+    cache = rows * config.depth * 2 * (config.seq_len - last) * C * item
+    last_scale = rows * (2 * config.seq_len * C + 2 * last * round(C * config.mlp_ratio)) * item
+    sampling = rows * last * V * 4 + 5 * last * V * 4
+    res = vqvae_config.image_size
+    decoder = 3 * vqvae_config.base_channels * max(vqvae_config.channel_multipliers[:2]) * res * res * item
+    return int(1.15 * (cache + last_scale + sampling + decoder))
+
+
+def max_batch_for_memory(transformer: VARTransformer, vqvae_config, device: torch.device) -> Optional[int]:
+    """Largest batch that the free CUDA memory should hold (None = no limit known, e.g. on CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(0.9 * free_bytes) // sampling_bytes_per_image(transformer, vqvae_config))
+
+
+__all__ = [
+    "StaticScaleRunner",
+    "StaticScaleRunners",
+    "fast_decoding",
+    "max_batch_for_memory",
+    "resolve_fast_path",
+    "sampling_bytes_per_image",
+]

@@ -1,0 +1,145 @@
+"""The fast sampling path on CPU: static per-scale steps (the CUDA-graph code path without capture), sort-free
+filtering, chunking by batch size, and the rule that picks the path. GPU timings live in benchmarks/bench_var.py."""
+
+import pytest
+import torch
+
+from var_hf import VARKVCache, VARScaleScheduler
+from var_hf.fast_sampling import (
+    StaticScaleRunner,
+    StaticScaleRunners,
+    max_batch_for_memory,
+    resolve_fast_path,
+    sampling_bytes_per_image,
+)
+from test_pipeline_var import make_pipeline
+
+TOP_K = 10  # below the tiny vocabulary (32), so the sort-free filter does its own work instead of falling back
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_pipeline(num_classes=5)
+
+
+def same_tokens(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_fast_path_is_chosen_by_device_only():
+    assert resolve_fast_path(None, torch.device("cuda")) is True
+    assert resolve_fast_path(None, torch.device("cuda:1")) is True
+    assert resolve_fast_path(None, torch.device("cpu")) is False
+    assert resolve_fast_path(False, torch.device("cuda")) is False
+    assert resolve_fast_path(True, torch.device("cpu")) is True
+    with pytest.raises(ValueError, match="fast_path must be True, False or None"):
+        resolve_fast_path("yes", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("top_k,top_p", [(10, 0.95), (3, 0.5), (25, 0.99), (10, 0.0), (0, 0.8), (31, 0.9), (64, 0.9)])
+def test_sort_free_filter_matches_sorting_filter(top_k, top_p):
+    logits_BlV = torch.randn(4, 50, 32, generator=gen(top_k)) * 3
+    expected = VARScaleScheduler.filter_logits(logits_BlV.clone(), top_k=top_k, top_p=top_p)
+    got = VARScaleScheduler.filter_logits_sort_free(logits_BlV.clone(), top_k=top_k, top_p=top_p)
+    assert torch.equal(expected, got)
+    kept = torch.isfinite(got).sum(-1)
+    assert int(kept.min()) >= 1 and (top_k == 0 or top_k > 32 or int(kept.max()) <= top_k)
+
+
+def test_sort_free_filter_at_vocabulary_scale():
+    logits_BlV = torch.randn(2, 64, 4096, generator=gen(1)) * 2
+    expected = VARScaleScheduler.filter_logits(logits_BlV.clone(), top_k=900, top_p=0.95)
+    assert torch.equal(VARScaleScheduler.filter_logits_sort_free(logits_BlV.clone(), top_k=900, top_p=0.95), expected)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(guidance_scale=0.0),
+    dict(more_smooth=True),
+    dict(temperature=0.7, top_p=0.6),
+    dict(class_labels=[None, 2, 2]),
+])
+def test_fast_path_draws_the_plain_paths_tokens(pipe, kwargs):
+    kwargs = {"class_labels": [0, 3, 4], "top_k": TOP_K, "top_p": 0.9, **kwargs}
+    plain = pipe(generator=gen(5), output_type="pt", fast_path=False, **kwargs)
+    fast = pipe(generator=gen(5), output_type="pt", fast_path=True, **kwargs)
+    assert same_tokens(plain.token_maps, fast.token_maps)
+    torch.testing.assert_close(fast.images, plain.images, atol=1e-5, rtol=0)
+
+
+def test_fast_path_editing_matches_plain(pipe):
+    image = torch.rand(3, 16, 16)
+    kwargs = dict(class_labels=[1, 2], image=image, mask_image=(0.25, 0.25, 0.75, 0.75), top_k=TOP_K, output_type="pt")
+    plain = pipe(generator=gen(2), fast_path=False, **kwargs)
+    fast = pipe(generator=gen(2), fast_path=True, **kwargs)
+    assert same_tokens(plain.token_maps, fast.token_maps)
+
+
+def test_static_runners_are_reused_and_rewritten_not_appended(pipe):
+    """Repeated and interleaved batch sizes reuse runners; each run must rewrite the cache, not read stale scales."""
+    pipe.release_fast_path()
+    first = pipe(class_labels=[0, 1], generator=gen(7), top_k=TOP_K, output_type="latent", fast_path=True)
+    runner = next(iter(pipe._runners.runners.values()))
+    pipe(class_labels=[4, 4, 4], generator=gen(8), top_k=TOP_K, output_type="latent", fast_path=True)
+    again = pipe(class_labels=[0, 1], generator=gen(7), top_k=TOP_K, output_type="latent", fast_path=True)
+    assert runner in pipe._runners.runners.values()  # the batch-2 runner survived the batch-3 call
+    assert same_tokens(first.token_maps, again.token_maps)
+    plain = pipe(class_labels=[0, 1], generator=gen(7), top_k=TOP_K, output_type="latent", fast_path=False)
+    assert same_tokens(plain.token_maps, again.token_maps)
+    torch.testing.assert_close(again.images, plain.images)
+
+
+def test_runner_pool_is_bounded(pipe):
+    runners = StaticScaleRunners(max_runners=2)
+    for rows in (2, 4, 6):
+        runners.get(pipe.transformer, rows, use_cuda_graphs=False)
+    assert sorted(key[1] for key in runners.runners) == [4, 6]
+
+
+def test_chunked_sampling_with_per_image_generators_is_chunk_independent(pipe):
+    labels = [0, 1, 2, 3, 4, 0, 1]
+    whole = pipe(class_labels=labels, generator=[gen(i) for i in range(7)], top_k=TOP_K, output_type="pt")
+    for fast in (False, True):
+        chunked = pipe(class_labels=labels, generator=[gen(i) for i in range(7)], top_k=TOP_K, output_type="pt",
+                       max_batch_size=3, fast_path=fast)
+        assert same_tokens(whole.token_maps, chunked.token_maps)
+        torch.testing.assert_close(chunked.images, whole.images, atol=1e-5, rtol=0)
+
+
+def test_chunked_sampling_with_one_generator_still_returns_every_image(pipe):
+    out = pipe(class_labels=[0, 1, 2, 3, 4], generator=gen(0), max_batch_size=2, output_type="pt")
+    assert out.images.shape[0] == 5 and all(t.shape[0] == 5 for t in out.token_maps)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "4"])
+def test_bad_max_batch_size_is_rejected_before_sampling(pipe, bad):
+    with pytest.raises(ValueError, match="max_batch_size must be an int >= 1"):
+        pipe(class_labels=[0], max_batch_size=bad)
+
+
+def test_cuda_graphs_need_a_cuda_model(pipe):
+    with pytest.raises(ValueError, match="CUDA graphs need the transformer on a CUDA device"):
+        StaticScaleRunner(pipe.transformer, batch_size=2, use_cuda_graphs=True)
+
+
+def test_kv_cache_allocate_and_seek_guard_their_preconditions():
+    with pytest.raises(ValueError, match="pre-allocated"):
+        VARKVCache(2).allocate(1, 2, 4, torch.float32, "cpu")
+    cache = VARKVCache(2, max_len=5).allocate(1, 2, 4, torch.float32, "cpu")
+    assert cache.keys[0].shape == (1, 2, 5, 4)
+    cache.seek(3)
+    assert cache.get_seq_length(1) == 3
+    with pytest.raises(ValueError, match="seek"):
+        cache.seek(6)
+
+
+def test_memory_estimate_grows_with_model_and_is_unlimited_on_cpu(pipe):
+    small = sampling_bytes_per_image(pipe.transformer, pipe.vqvae.config)
+    bigger = make_pipeline(num_classes=5)
+    bigger.transformer.config.depth = 2 * pipe.transformer.config.depth
+    assert small > 0 and sampling_bytes_per_image(bigger.transformer, bigger.vqvae.config) > small
+    assert max_batch_for_memory(pipe.transformer, pipe.vqvae.config, torch.device("cpu")) is None
