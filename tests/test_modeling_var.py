@@ -339,3 +339,18 @@ def test_var_d16_forward_real_size():
     with torch.no_grad():
         out = model(class_labels, tf_input, labels=labels)
     assert out.logits.shape == (1, 680, 4096) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("variant", ["l2norm", "shared_aln"])
+def test_training_forward_compiles_without_graph_breaks(make_model, variant):
+    """`--compile` must capture the whole training forward and loss (dynamo tracing only, backend="eager")."""
+    torch._dynamo.reset()
+    model = make_model(**VARIANTS[variant]).train()
+    class_labels, tf_input, labels = make_inputs(model.config)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    loss = compiled(class_labels, tf_input, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(class_labels, tf_input).logits, model(class_labels, tf_input).logits)

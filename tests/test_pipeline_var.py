@@ -257,5 +257,5 @@ def test_generate_help_documents_every_option(capsys):
         cli_main(["generate", "--help"])
     text = capsys.readouterr().out
     for flag in ("--model", "--label", "--seed", "--guidance-scale", "--top-k", "--top-p", "--temperature",
-                 "--more-smooth", "--num-images-per-label", "--batch-size", "--device", "--dtype", "--out"):
+                 "--more-smooth", "--num-images-per-label", "--batch-size", "--device", "--dtype", "--fast-path", "--out"):
         assert flag in text

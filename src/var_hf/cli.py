@@ -52,6 +52,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default=None, help="torch device; None picks cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="weights dtype; bfloat16/float16 are for GPUs")
+    parser.add_argument("--fast-path", choices=("auto", "on", "off"), default="auto",
+                        help="per-scale CUDA graphs, sort-free top-k/top-p, channels-last decoding; auto = on for CUDA")
     parser.add_argument("--out", default="samples", help="output folder")
 
 
@@ -89,6 +91,7 @@ def run_generate_command(args) -> int:
             class_labels=[None if i == pipe.transformer.config.null_class else i for i in chunk],
             guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
             more_smooth=args.more_smooth, generator=generator, output_type="pil",
+            fast_path={"auto": None, "on": True, "off": False}[args.fast_path],
         )
         images.extend(out.images)
     paths = []
