@@ -73,6 +73,7 @@ class VARPipeline(DiffusionPipeline):
     >>> out = pipe(class_labels=["Sneaker", "Bag"], generator=torch.Generator().manual_seed(0))
     >>> out.images[0].size
     (32, 32)
+
     ```
     """
 

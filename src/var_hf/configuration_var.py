@@ -70,6 +70,7 @@ class VARTransformerConfig(PretrainedConfig):
     ...                               num_heads=2, patch_nums=(1, 2, 3))
     >>> VARTransformer(config).config.seq_len
     14
+
     ```
     """
 

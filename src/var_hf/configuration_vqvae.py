@@ -60,6 +60,7 @@ class MultiScaleVQVAEConfig(PretrainedConfig):
     >>> model = MultiScaleVQVAE(config)
     >>> model.config.image_size
     8
+
     ```
     """
 

@@ -223,6 +223,7 @@ class ImageTransform:
     >>> transform = ImageTransform(16)
     >>> transform(PIL.Image.new("L", (28, 28)), generator=seeded_generator(0, 0, 0)).shape
     torch.Size([3, 16, 16])
+
     ```
     """
 

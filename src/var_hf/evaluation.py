@@ -415,6 +415,7 @@ class DomainClassifier(DomainClassifierPreTrainedModel):
     >>> out = model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     >>> out.logits.shape, out.features.shape
     (torch.Size([2, 10]), torch.Size([2, 64]))
+
     ```
     """
 

@@ -47,6 +47,24 @@ class StaticScaleRunner:
             (graphs hold pointers to them).
         batch_size (`int`): rows of every call, conditional and unconditional halves together.
         use_cuda_graphs (`bool`): capture and replay (needs a CUDA transformer).
+
+    Example (the pipeline does this with `fast_path=True`):
+
+    ```python
+    >>> import torch
+    >>> from var_hf import VARTransformer, VARTransformerConfig
+    >>> from var_hf.fast_sampling import StaticScaleRunner
+    >>> model = VARTransformer(VARTransformerConfig(vocab_size=16, vq_embed_dim=8, num_classes=4, depth=2,
+    ...                                             embed_dim=32, num_heads=2, patch_nums=(1, 2, 3))).eval()
+    >>> runner = StaticScaleRunner(model, batch_size=2, use_cuda_graphs=False)
+    >>> cond = model.embed_class(torch.tensor([1, 4]))  # a class and the null class
+    >>> runner.set_condition(cond)
+    >>> with torch.no_grad():
+    ...     logits = runner.run(0, model.embed_first_scale(cond))
+    >>> logits.shape
+    torch.Size([2, 1, 16])
+
+    ```
     """
 
     def __init__(self, transformer: VARTransformer, batch_size: int, use_cuda_graphs: bool):
@@ -77,6 +95,10 @@ class StaticScaleRunner:
         return self.transformer.forward_scale(self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache)
 
     def _capture(self, scale_index: int):
+        with torch.cuda.device(self.device):  # capture records on the current device; the model may be on another
+            self._capture_on_current_device(scale_index)
+
+    def _capture_on_current_device(self, scale_index: int):
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up outside capture: lazy cuBLAS/cuDNN set-up must not be recorded

@@ -212,6 +212,7 @@ def write_model_card(
     >>> card = write_model_card(folder, repo_id="me/var-fashion-mnist", datasets=["zalando-datasets/fashion_mnist"])
     >>> card.data.library_name
     'var_hf'
+
     ```
     """
     pipe = None if isinstance(pipeline_or_folder, (str, os.PathLike)) else pipeline_or_folder

@@ -76,6 +76,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     >>> from var_hf.metrics import frechet_distance
     >>> round(frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2)), 6)  # 2 + 2 * (1 + 4 - 2 * 2)
     4.0
+
     ```
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -158,6 +159,7 @@ def inception_score(probs, split_size: int = 5000) -> float:
     >>> from var_hf.metrics import inception_score
     >>> round(inception_score(np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]]), 6)
     4.0
+
     ```
     """
     probs_NK = _as_2d_float64(probs, "probs")
@@ -307,6 +309,7 @@ def load_metric(name: str, **kwargs):
     >>> features = np.random.default_rng(0).normal(size=(64, 8))
     >>> abs(fid.compute(predictions=features, reference_features=features)["fid"]) < 1e-6
     True
+
     ```
     """
     import evaluate  # imported lazily: it is slow to import and only this helper needs it

@@ -332,6 +332,7 @@ class VARTransformer(VARPreTrainedModel):
     >>> out = model(torch.tensor([0, 3]), torch.randn(2, 13, 8), labels=torch.randint(0, 16, (2, 14)))
     >>> out.logits.shape, out.loss.ndim
     (torch.Size([2, 14, 16]), 0)
+
     ```
     """
 

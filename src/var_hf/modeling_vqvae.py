@@ -459,6 +459,7 @@ class MultiScaleVQVAE(MultiScaleVQVAEPreTrainedModel):
     [torch.Size([2, 1]), torch.Size([2, 4]), torch.Size([2, 16])]
     >>> vqvae.decode_tokens(tokens).shape
     torch.Size([2, 3, 8, 8])
+
     ```
     """
 

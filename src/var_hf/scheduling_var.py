@@ -54,6 +54,21 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             The temperature is `max(smooth_tau_start * (1 - smooth_tau_decay * k / (K - 1)), smooth_tau_min)`.
         smooth_tau_min (`float`, *optional*, defaults to 0.005):
             Lower bound of the smoothing temperature.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from var_hf import VARScaleScheduler
+    >>> scheduler = VARScaleScheduler(patch_nums=[1, 2, 3])
+    >>> scheduler.guidance_weight(scale_index=1, guidance_scale=4.0)  # linear ramp: 4 * 1 / (3 - 1)
+    2.0
+    >>> logits = scheduler.apply_guidance(torch.randn(2, 4, 16), torch.randn(2, 4, 16), 1, guidance_scale=4.0)
+    >>> out = scheduler.step(logits, scale_index=1, generator=torch.Generator().manual_seed(0), top_k=5, top_p=0.9)
+    >>> out.token_map.shape
+    torch.Size([2, 4])
+
+    ```
     """
 
     order = 1
