@@ -190,6 +190,16 @@ def test_load_reference_from_every_kind(tmp_path, fashion, fashion_dataset):
         load_reference(str(tmp_path / "missing.npz"))
 
 
+def test_fashion_mnist_reference_reads_the_local_idx_files(fashion):
+    ref = load_reference("fashion-mnist", split="test", max_samples=50, seed=3)
+    assert ref.info["kind"] == "fashion-mnist-idx" and ref.images.shape == (50, 28, 28, 3)
+    # A seeded subset of the real test images, grey replicated to RGB.
+    test_images = _read_idx(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz"))
+    idx = np.sort(np.random.default_rng(3).choice(len(test_images), size=50, replace=False))
+    np.testing.assert_array_equal(ref.images[..., 0], test_images[idx])
+    np.testing.assert_array_equal(ref.images[..., 0], ref.images[..., 2])
+
+
 def test_center_crop_arr_matches_the_adm_preprocessing():
     image = PIL.Image.fromarray(np.arange(60 * 40 * 3, dtype=np.uint8).reshape(60, 40, 3))
     out = evaluation.center_crop_arr(image, 16)

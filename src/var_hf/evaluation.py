@@ -718,6 +718,8 @@ def load_reference(
               `VIRTUAL_imagenet256_labeled.npz` holds both, plus spatial statistics that are not used);
             - a folder saved with `datasets`' `save_to_disk`;
             - a folder of images (searched recursively; png, jpg, webp, bmp, tif);
+            - `"fashion-mnist"`: Debian's Fashion-MNIST idx files ([`var_hf.data.load_fashion_mnist`]; the same
+              images as the Hub's `zalando-datasets/fashion_mnist`, no network needed);
             - otherwise, a Hub dataset id (needs the network or the local `datasets` cache).
         split (`str`, *optional*, defaults to `"train"`):
             Split of a `datasets` reference.
@@ -773,6 +775,12 @@ def load_reference(
         images = images_to_array([PIL.Image.open(p) for p in paths], resolution)
         info.update(kind="image-folder", num_images=len(images))
         return Reference(info=info, images=images)
+
+    if reference == "fashion-mnist" and not os.path.exists(reference):
+        from .data import load_fashion_mnist
+
+        info.update(kind="fashion-mnist-idx", split=split)
+        return _reference_from_dataset(load_fashion_mnist(split), info, split, image_column, subset, resolution)
 
     if os.path.exists(reference) or reference.startswith((".", "/")):
         raise FileNotFoundError(f"Reference {reference!r} is neither an .npz, a folder, nor a Hub dataset id.")
@@ -1294,7 +1302,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument(
         "--reference",
         help="Reference: an .npz (arr_0 images and/or mu/sigma, e.g. the ADM VIRTUAL_imagenet256_labeled.npz), an "
-        "image folder, a dataset saved with save_to_disk, or a Hub dataset id. Required unless --no-metrics.",
+        "image folder, a dataset saved with save_to_disk, fashion-mnist (Debian's idx files), or a Hub dataset id. "
+        "Required unless --no-metrics.",
     )
     parser.add_argument("--output-dir", required=True, help="Where samples/, samples.npz and metrics.json go.")
     parser.add_argument("--num-per-class", type=int, default=p["num_per_class"], help="Samples per class.")

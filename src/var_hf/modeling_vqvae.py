@@ -262,8 +262,11 @@ class MultiScaleQuantizer(nn.Module):
     def _scale_hw(self, patch_nums: Optional[Sequence]) -> List[Tuple[int, int]]:
         return [(pn, pn) if isinstance(pn, int) else (int(pn[0]), int(pn[1])) for pn in (patch_nums or self.patch_nums)]
 
-    def _residual_scales(self, f_BChw: torch.Tensor, patch_nums: Optional[Sequence] = None):
-        """Algorithm 1's loop. Yields (token indices (B, ph*pw), cumulative f_hat) per scale, coarse to fine."""
+    def _residual_scales(self, f_BChw: torch.Tensor, patch_nums: Optional[Sequence] = None, track_grad: bool = False):
+        """Algorithm 1's loop. Yields (token indices (B, ph*pw), cumulative f_hat) per scale, coarse to fine.
+
+        Without `track_grad` f_hat is one tensor updated in place (copy it to keep a scale's value); with it, f_hat
+        is rebuilt out of place at every scale so gradients reach the codebook and phi (training)."""
         B, C, H, W = f_BChw.shape
         scale_hws = self._scale_hw(patch_nums)
         if scale_hws[-1] != (H, W):
@@ -281,8 +284,12 @@ class MultiScaleQuantizer(nn.Module):
             if si != last:
                 h_BChw = F.interpolate(h_BChw, size=(H, W), mode="bicubic")
             h_BChw = self.apply_phi(si, h_BChw.contiguous())
-            f_hat.add_(h_BChw)
-            f_rest.sub_(h_BChw)
+            if track_grad:
+                f_hat = f_hat + h_BChw
+                f_rest = f_rest - h_BChw.detach()
+            else:
+                f_hat.add_(h_BChw)
+                f_rest.sub_(h_BChw)
             yield idx_N.reshape(B, ph * pw), f_hat
 
     @torch.no_grad()
@@ -347,24 +354,12 @@ class MultiScaleQuantizer(nn.Module):
         """Training quantization: straight-through f_hat, VQ + commitment loss averaged over scales, code hits."""
         input_dtype = f_BChw.dtype
         f_BChw = f_BChw.float()
-        B, C, H, W = f_BChw.shape
         f_no_grad = f_BChw.detach()
-        f_rest = f_no_grad.clone()
-        f_hat = torch.zeros_like(f_rest)
         vq_loss = f_BChw.new_zeros(())
         hits_SV = f_BChw.new_zeros(self.num_scales, self.vocab_size)
-        last = self.num_scales - 1
         with torch.autocast(device_type=f_BChw.device.type, enabled=False):
-            for si, pn in enumerate(self.patch_nums):
-                rest_BChw = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != last else f_rest
-                idx_N = self.nearest_codes(rest_BChw.permute(0, 2, 3, 1).reshape(-1, C))
-                hits_SV[si] = idx_N.bincount(minlength=self.vocab_size).float()
-                h_BChw = self.codebook(idx_N.view(B, pn, pn)).permute(0, 3, 1, 2)
-                if si != last:
-                    h_BChw = F.interpolate(h_BChw, size=(H, W), mode="bicubic")
-                h_BChw = self.apply_phi(si, h_BChw.contiguous())
-                f_hat = f_hat + h_BChw
-                f_rest = f_rest - h_BChw.detach()
+            for si, (idx_Bl, f_hat) in enumerate(self._residual_scales(f_BChw, track_grad=True)):
+                hits_SV[si] = idx_Bl.flatten().bincount(minlength=self.vocab_size).float()
                 # Commitment pulls the encoder to f_hat; the codebook term pulls codes (and phi) to the encoder.
                 vq_loss = vq_loss + F.mse_loss(f_hat.detach(), f_BChw).mul(self.beta) + F.mse_loss(f_hat, f_no_grad)
             vq_loss = vq_loss / self.num_scales
