@@ -232,6 +232,9 @@ def main(argv=None):
             plain = timed_or_oom(lambda: sample_plain(plain_pipe, labels, torch.Generator(device).manual_seed(0)), device, args.repeats)
             fast = timed_or_oom(lambda: sample_fast(fast_pipe, labels, torch.Generator(device).manual_seed(0)), device, args.repeats)
             row(f"{model} sample", B, plain, fast, flops_per_image, peak)
+            chunk = fast_pipe._chunk_size(B, None, True, device)
+            if chunk < B:
+                print(f"  (fast path ran B={B} in chunks of {chunk}: the memory estimate did not fit one pass)")
             fast_pipe.release_fast_path()
 
         f_hat = torch.randn(decode_batch, plain_pipe.vqvae.config.vq_embed_dim, *(2 * [plain_pipe.transformer.config.patch_nums[-1]]), device=device)

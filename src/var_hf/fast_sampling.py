@@ -115,9 +115,18 @@ class StaticScaleRunner:
         self.inputs_BlC[scale_index].copy_(hidden_states_BlC)
         if not self.use_cuda_graphs:
             self.logits_BlV[scale_index] = self._step(scale_index)
-        else:
-            if self.graphs[scale_index] is None:
+        elif self.graphs[scale_index] is None:
+            try:
                 self._capture(scale_index)
+            except RuntimeError as err:
+                # Same numbers either way; a capture failure (an unsupported kernel, a driver limit) only costs speed,
+                # so it is reported and this runner continues without graphs rather than failing the call.
+                logger.warning(f"CUDA graph capture of scale {scale_index} failed ({err}); continuing without graphs.")
+                self.use_cuda_graphs, self.graphs = False, [None] * len(self.graphs)
+                self.logits_BlV[scale_index] = self._step(scale_index)
+            else:
+                self.graphs[scale_index].replay()
+        else:
             self.graphs[scale_index].replay()
         return self.logits_BlV[scale_index]
 
