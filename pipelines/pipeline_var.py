@@ -417,6 +417,7 @@ class VARPipeline(DiffusionPipeline):
         f_hat = torch.zeros(B, C, patch_nums[-1], patch_nums[-1], device=device, dtype=torch.float32)
         codebook = vqvae.quantizer.codebook.weight
         token_maps = []
+        probabilities_valid = torch.ones((), dtype=torch.bool, device=device)  # read once at the end (fast path)
 
         for si, pn in enumerate(patch_nums):
             if fast:
@@ -426,8 +427,10 @@ class VARPipeline(DiffusionPipeline):
             logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], si, guidance_scale)
             step = scheduler.step(
                 logits_BlV, si, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature,
-                more_smooth=more_smooth, codebook=codebook, sort_free=fast,
+                more_smooth=more_smooth, codebook=codebook, sort_free=fast, sync_free=fast,
             )
+            if step.probabilities_valid is not None:
+                probabilities_valid = probabilities_valid & step.probabilities_valid
             token_map = step.token_map
             h_BlC = step.smoothed_embeddings if more_smooth else vqvae.embed_tokens(token_map)
             h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
@@ -455,6 +458,12 @@ class VARPipeline(DiffusionPipeline):
                 if "f_hat" in returned:
                     f_hat = returned["f_hat"]
             progress.update()
+        if fast and not bool(probabilities_valid):
+            raise RuntimeError(
+                "Sampling met inf or NaN probabilities (the logits overflowed or are NaN; torch.multinomial would have "
+                "raised 'probability tensor contains either inf, nan or element < 0'). Check the weights, or run in "
+                "float32 / with fast_path=False to find the scale where it happens."
+            )
         return f_hat, token_maps
 
 

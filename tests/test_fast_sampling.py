@@ -185,3 +185,43 @@ def test_a_failed_graph_capture_falls_back_to_the_same_eager_numbers(pipe, monke
         got = runner.run(0, x)
     assert torch.equal(got, expected)
     assert runner.use_cuda_graphs is False and "continuing without graphs" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sync_free_draw_is_torch_multinomial(dtype):
+    """Same indices and the same generator state afterwards, so later draws (smoothing, the next scale) line up."""
+    logits_NV = torch.randn(300, 4096, generator=gen(0)) * 3
+    logits_NV[:, ::3] = -torch.inf  # filtered entries
+    probs_NV = logits_NV.softmax(-1).to(dtype)
+    g_ref, g_fast = gen(11), gen(11)
+    expected = torch.multinomial(probs_NV, 1, replacement=True, generator=g_ref)
+    got = VARScaleScheduler.draw_sync_free(probs_NV, generator=g_fast)
+    assert torch.equal(got, expected)
+    assert torch.equal(g_ref.get_state(), g_fast.get_state())
+
+
+@pytest.mark.parametrize("per_image_generators", [False, True])
+def test_sync_free_step_matches_the_multinomial_step(per_image_generators):
+    scheduler = VARScaleScheduler(patch_nums=[1, 2, 3])
+    logits = torch.randn(3, 9, 64, generator=gen(1))
+    codebook = torch.randn(64, 8, generator=gen(2))
+
+    def generators():
+        return [gen(i) for i in range(3)] if per_image_generators else gen(5)
+
+    kwargs = dict(scale_index=2, top_k=20, top_p=0.9, more_smooth=True, codebook=codebook)
+    plain = scheduler.step(logits, generator=generators(), **kwargs)
+    fast = scheduler.step(logits, generator=generators(), sort_free=True, sync_free=True, **kwargs)
+    assert torch.equal(plain.token_map, fast.token_map)
+    assert torch.equal(plain.smoothed_embeddings, fast.smoothed_embeddings)
+    assert plain.probabilities_valid is None and bool(fast.probabilities_valid)
+
+
+def test_nan_logits_fail_on_both_paths(pipe):
+    broken = make_pipeline(num_classes=5)
+    with torch.no_grad():
+        broken.transformer.head.bias[3] = float("nan")
+    with pytest.raises(RuntimeError, match="probability tensor contains"):
+        broken(class_labels=[0], generator=gen(0), fast_path=False)
+    with pytest.raises(RuntimeError, match="inf or NaN probabilities"):
+        broken(class_labels=[0], generator=gen(0), fast_path=True)

@@ -357,9 +357,10 @@ class VARTransformer(VARPreTrainedModel):
 
     def level_ids(self, device=None) -> torch.Tensor:
         """Scale index of every position, (L,)."""
-        sizes = torch.tensor([pn * pn for pn in self.config.patch_nums], device=device)
-        # output_size spares a device-to-host sync (the sampling loop calls this once per scale).
-        return torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes, output_size=self.config.seq_len)
+        # Filled on the device: building it from a Python list would copy host-to-device and wait for the GPU queue.
+        return torch.cat([
+            torch.full((pn * pn,), k, dtype=torch.long, device=device) for k, pn in enumerate(self.config.patch_nums)
+        ])
 
     def block_causal_mask(self, device=None) -> torch.Tensor:
         """(L, L) boolean, True where query i may attend to key j: j's scale <= i's scale."""
@@ -460,21 +461,25 @@ class VARTransformer(VARPreTrainedModel):
         max_len = self.config.seq_len - self.config.patch_nums[-1] ** 2 if preallocate else None
         return VARKVCache(self.config.depth, max_len=max_len)
 
+    def scale_level_pos_embedding(self, scale_index: int) -> torch.Tensor:
+        """Level plus position embedding of one scale's positions, (1, pn*pn, C): the same sums as slicing
+        [`level_pos_embedding`], without building index tensors in the sampling loop."""
+        begin, end = self.config.scale_boundaries[scale_index]
+        return self.level_embedding.weight[scale_index] + self.pos_embedding[:, begin:end]
+
     def embed_first_scale(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """Input of scale 0: class vector + pos_start + level/position embedding, (B, first_len, C)."""
         B, first = cond_BD.shape[0], self.config.first_len
-        lvl_pos = self.level_pos_embedding()
         return (
             cond_BD.unsqueeze(1).expand(B, first, -1)
             + self.pos_start.expand(B, first, -1)
-            + lvl_pos[:, :first]
+            + self.scale_level_pos_embedding(0)
         )
 
     def embed_next_scale(self, scale_index: int, next_input_BlC: torch.Tensor) -> torch.Tensor:
         """Input of scale `scale_index` (>= 1) from the area-downsampled f_hat (B, pn*pn, vq_embed_dim)."""
-        begin, end = self.config.scale_boundaries[scale_index]
         words_BlC = self.word_embed(next_input_BlC.to(self.word_embed.weight.dtype))
-        return words_BlC + self.level_pos_embedding()[:, begin:end]
+        return words_BlC + self.scale_level_pos_embedding(scale_index)
 
     def forward_scale(
         self, hidden_states: torch.Tensor, cond_BD: torch.Tensor, kv_cache: Optional[VARKVCache] = None

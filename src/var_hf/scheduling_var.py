@@ -28,10 +28,14 @@ class VARSchedulerOutput(BaseOutput):
         smoothed_embeddings (`torch.FloatTensor` of shape `(batch_size, pn * pn, vq_embed_dim)`, *optional*):
             With `more_smooth=True`, the Gumbel-softmax mixture of code vectors the reference feeds forward instead
             of the hard codes (for visual quality; not used for FID).
+        probabilities_valid (`torch.BoolTensor`, *optional*):
+            With `sync_free=True`: a 0-d device tensor, False if any probability was inf or NaN (what
+            `torch.multinomial` would have raised on), to be checked once after sampling.
     """
 
     token_map: torch.LongTensor
     smoothed_embeddings: Optional[torch.FloatTensor] = None
+    probabilities_valid: Optional[torch.BoolTensor] = None
 
 
 class VARScaleScheduler(SchedulerMixin, ConfigMixin):
@@ -168,6 +172,21 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             threshold_Bl1 = ascending_BlK.gather(-1, num_removed_Bl1)  # smallest survivor of top-p
         return logits_BlV.masked_fill_(logits_BlV < threshold_Bl1, -torch.inf)
 
+    @staticmethod
+    def _draw_multinomial(probs_NV: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.LongTensor:
+        return torch.multinomial(probs_NV, num_samples=1, replacement=True, generator=generator)
+
+    @staticmethod
+    def draw_sync_free(probs_NV: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.LongTensor:
+        """`torch.multinomial(probs_NV, 1, replacement=True, generator=generator)` without its host synchronisations.
+
+        For one sample PyTorch draws by the exponential race, `argmax(probs / Exp(1))`, with one exponential per
+        entry. The same two ops here give the same indices and leave the generator in the same state (the tests check
+        both against `torch.multinomial`), but skip multinomial's validity checks, whose `.item()` reads would stall
+        the GPU queue at every scale. Returns (N, 1)."""
+        race_NV = torch.empty_like(probs_NV).exponential_(1, generator=generator)
+        return probs_NV.div(race_NV).argmax(dim=-1, keepdim=True)
+
     def step(
         self,
         logits: torch.Tensor,
@@ -179,6 +198,7 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
         more_smooth: bool = False,
         codebook: Optional[torch.Tensor] = None,
         sort_free: bool = False,
+        sync_free: bool = False,
         return_dict: bool = True,
     ) -> Union[VARSchedulerOutput, tuple]:
         r"""
@@ -203,6 +223,9 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
                 Also return the Gumbel-softmax mixture of codes (needs `codebook`, (vocab_size, vq_embed_dim)).
             sort_free (`bool`, *optional*, defaults to `False`):
                 Filter with [`filter_logits_sort_free`] (the fast path): the same tokens except at exact ties.
+            sync_free (`bool`, *optional*, defaults to `False`):
+                Draw with [`draw_sync_free`] (the fast path): the same tokens; invalid probabilities are reported in
+                `probabilities_valid` instead of raising here.
         """
         if logits.ndim != 3:
             raise ValueError(f"logits must be (batch, tokens, vocab), got shape {tuple(logits.shape)}.")
@@ -210,14 +233,14 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
         logits_BlV = logits.float() / temperature if temperature != 1.0 else logits.float().clone()
         (self.filter_logits_sort_free if sort_free else self.filter_logits)(logits_BlV, top_k=top_k, top_p=top_p)
         probs_NV = logits_BlV.softmax(dim=-1).view(-1, V)
+        draw = self.draw_sync_free if sync_free else self._draw_multinomial
         if isinstance(generator, (list, tuple)):
             if len(generator) != B:
                 raise ValueError(f"Got {len(generator)} generators for a batch of {B}.")
-            token_map = torch.cat(
-                [torch.multinomial(probs_NV[i * l : (i + 1) * l], 1, replacement=True, generator=g) for i, g in enumerate(generator)]
-            ).view(B, l)
+            token_map = torch.cat([draw(probs_NV[i * l : (i + 1) * l], g) for i, g in enumerate(generator)]).view(B, l)
         else:
-            token_map = torch.multinomial(probs_NV, num_samples=1, replacement=True, generator=generator).view(B, l)
+            token_map = draw(probs_NV, generator).view(B, l)
+        probabilities_valid = torch.isfinite(probs_NV).all() if sync_free else None
 
         smoothed = None
         if more_smooth:
@@ -234,7 +257,7 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
 
         if not return_dict:
             return (token_map, smoothed)
-        return VARSchedulerOutput(token_map=token_map, smoothed_embeddings=smoothed)
+        return VARSchedulerOutput(token_map=token_map, smoothed_embeddings=smoothed, probabilities_valid=probabilities_valid)
 
 
 __all__ = ["VARScaleScheduler", "VARSchedulerOutput", "GUIDANCE_SCHEDULES"]
