@@ -77,7 +77,6 @@ class VARPipeline(DiffusionPipeline):
     ```
     """
 
-    model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["f_hat", "token_map", "image_estimate"]
 
     def __init__(
@@ -147,6 +146,21 @@ class VARPipeline(DiffusionPipeline):
         if config.num_classes == 1000:
             return imagenet_id2label()
         return {i: str(i) for i in range(config.num_classes)}
+
+    # ------------------------------------------------------------------ offloading
+
+    def enable_model_cpu_offload(self, *args, **kwargs):
+        """Not supported: offload hooks move a model when its `forward` runs, but sampling calls the models'
+        scale-level methods (`embed_class`, `forward_scale`, `decode`), which the hooks never see."""
+        raise NotImplementedError(
+            "VARPipeline does not support CPU offloading: sampling goes through the models' per-scale methods, which "
+            "diffusers' offload hooks do not intercept. Keep the pipeline on one device (pipe.to('cuda', "
+            "torch.bfloat16); d36, the largest model, holds 2.35B parameters, 4.7 GB in bf16) or lower max_batch_size."
+        )
+
+    def enable_sequential_cpu_offload(self, *args, **kwargs):
+        """Not supported; see [`enable_model_cpu_offload`]."""
+        self.enable_model_cpu_offload()
 
     # ------------------------------------------------------------------ labels
 

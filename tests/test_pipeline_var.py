@@ -259,3 +259,11 @@ def test_generate_help_documents_every_option(capsys):
     for flag in ("--model", "--label", "--seed", "--guidance-scale", "--top-k", "--top-p", "--temperature",
                  "--more-smooth", "--num-images-per-label", "--batch-size", "--device", "--dtype", "--fast-path", "--out"):
         assert flag in text
+
+
+@pytest.mark.parametrize("method", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
+def test_cpu_offload_is_refused_with_the_reason(pipe, method):
+    with pytest.raises(NotImplementedError, match="does not support CPU offloading"):
+        getattr(pipe, method)()
+    # The pipeline is untouched and still samples.
+    assert pipe(class_labels=[0], generator=gen(0), output_type="pt").images.shape[0] == 1
