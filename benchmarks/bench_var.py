@@ -254,7 +254,7 @@ def main(argv=None):
             checks.append((model, bench_training(model, device, train_batch, args.repeats, compile_train, peak)))
         if not args.skip_correctness:
             correctness(model, device, plain_pipe, labels=[i % num_classes for i in range(min(batch_sizes[-1], 16))])
-        del plain_pipe, fast_pipe
+        plain_pipe = fast_pipe = None  # free the GPU before the next model
         if on_gpu:
             torch.cuda.empty_cache()
     for model, (loss_plain, loss_fast) in checks:

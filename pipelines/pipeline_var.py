@@ -12,7 +12,6 @@ Components (diffusers `register_modules`): `vqvae` ([`MultiScaleVQVAE`]), `trans
     image = vqvae.decode(f_hat)
 """
 
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union

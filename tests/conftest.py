@@ -73,3 +73,23 @@ def pixel_values():
 @pytest.fixture(scope="session")
 def perturb():
     return perturb_
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline():
+    """A random `VARPipeline` with 8x8 images, 4 classes and 16 codes (evaluation and Hub tests)."""
+    from var_hf import MultiScaleVQVAE, MultiScaleVQVAEConfig, VARPipeline, VARScaleScheduler, VARTransformer
+
+    torch.manual_seed(0)
+    vqvae = MultiScaleVQVAE(
+        MultiScaleVQVAEConfig(
+            base_channels=32, channel_multipliers=(1, 2), vocab_size=16, vq_embed_dim=8, patch_nums=TINY_PATCH_NUMS
+        )
+    )
+    transformer = VARTransformer(
+        VARTransformerConfig(
+            vocab_size=16, vq_embed_dim=8, num_classes=4, depth=2, embed_dim=32, num_heads=2, patch_nums=TINY_PATCH_NUMS
+        )
+    )
+    scheduler = VARScaleScheduler(patch_nums=list(TINY_PATCH_NUMS))
+    return VARPipeline(vqvae=vqvae.eval(), transformer=transformer.eval(), scheduler=scheduler)

@@ -68,28 +68,6 @@ def domain_classifier(fashion_dataset, tmp_path_factory):
     return model, folder
 
 
-@pytest.fixture
-def tiny_pipeline():
-    pipelines = pytest.importorskip("var_hf.pipelines")
-    if not hasattr(pipelines, "VARPipeline"):
-        pytest.skip("var_hf.pipelines.VARPipeline is not available")
-    from var_hf import MultiScaleVQVAE, MultiScaleVQVAEConfig, VARTransformer, VARTransformerConfig
-
-    torch.manual_seed(0)
-    vqvae = MultiScaleVQVAE(
-        MultiScaleVQVAEConfig(
-            base_channels=32, channel_multipliers=(1, 2), vocab_size=16, vq_embed_dim=8, patch_nums=(1, 2, 4)
-        )
-    )
-    transformer = VARTransformer(
-        VARTransformerConfig(
-            vocab_size=16, vq_embed_dim=8, num_classes=4, depth=2, embed_dim=32, num_heads=2, patch_nums=(1, 2, 4)
-        )
-    )
-    scheduler = pipelines.VARScaleScheduler(patch_nums=[1, 2, 4])
-    return pipelines.VARPipeline(vqvae=vqvae.eval(), transformer=transformer.eval(), scheduler=scheduler)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Feature extractors
 # ----------------------------------------------------------------------------------------------------------------------

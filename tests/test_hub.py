@@ -31,25 +31,6 @@ def pipeline_cls():
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(pipeline_cls):
-    from var_hf import MultiScaleVQVAE, MultiScaleVQVAEConfig, VARTransformer, VARTransformerConfig
-
-    torch.manual_seed(0)
-    vqvae = MultiScaleVQVAE(
-        MultiScaleVQVAEConfig(
-            base_channels=32, channel_multipliers=(1, 2), vocab_size=16, vq_embed_dim=8, patch_nums=(1, 2, 4)
-        )
-    )
-    transformer = VARTransformer(
-        VARTransformerConfig(
-            vocab_size=16, vq_embed_dim=8, num_classes=4, depth=2, embed_dim=32, num_heads=2, patch_nums=(1, 2, 4)
-        )
-    )
-    scheduler = pipeline_cls.VARScaleScheduler(patch_nums=[1, 2, 4])
-    return pipeline_cls.VARPipeline(vqvae=vqvae.eval(), transformer=transformer.eval(), scheduler=scheduler)
-
-
-@pytest.fixture(scope="module")
 def metrics_json(tiny_pipeline, tmp_path_factory):
     """A real metrics.json from the runner (random domain classifier, random reference images)."""
     out = tmp_path_factory.mktemp("eval")

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 
 import numpy as np
 import PIL.Image

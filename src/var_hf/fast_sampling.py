@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from diffusers.utils import logging
 
-from .modeling_var import VARKVCache, VARTransformer
+from .modeling_var import VARTransformer
 
 logger = logging.get_logger(__name__)
 
