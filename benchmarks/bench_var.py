@@ -40,16 +40,20 @@ TINY = dict(
 SAMPLING = dict(guidance_scale=1.5, top_k=900, top_p=0.95)
 
 
-def build(model: str, device, dtype, seed: int = 0) -> VARPipeline:
-    """A pipeline of the named shapes with random weights (the same weights for the same seed)."""
-    torch.manual_seed(seed)
+def configs(model: str):
     if model == "tiny":
-        vq = MultiScaleVQVAEConfig(**TINY["vqvae"], patch_nums=TINY["patch_nums"])
-        tr = VARTransformerConfig(**TINY["var"], patch_nums=TINY["patch_nums"])
-    else:
-        tr = VARTransformerConfig.from_named(f"var_{model}")
-        vq = MultiScaleVQVAEConfig.from_named("vae_ch160v4096z32", patch_nums=tr.patch_nums)
-    vqvae, transformer = MultiScaleVQVAE(vq).eval(), VARTransformer(tr).eval()
+        return (MultiScaleVQVAEConfig(**TINY["vqvae"], patch_nums=TINY["patch_nums"]),
+                VARTransformerConfig(**TINY["var"], patch_nums=TINY["patch_nums"]))
+    tr = VARTransformerConfig.from_named(f"var_{model}")
+    return MultiScaleVQVAEConfig.from_named("vae_ch160v4096z32", patch_nums=tr.patch_nums), tr
+
+
+def build(model: str, device, dtype, seed: int = 0) -> VARPipeline:
+    """A pipeline of the named shapes with random weights (the same weights for the same seed and device)."""
+    torch.manual_seed(seed)
+    vq, tr = configs(model)
+    with torch.device(device):  # initialise on the device: a d30 initialised on the CPU takes minutes
+        vqvae, transformer = MultiScaleVQVAE(vq).eval(), VARTransformer(tr).eval()
     pipe = VARPipeline(vqvae=vqvae, transformer=transformer, scheduler=VARScaleScheduler(patch_nums=list(tr.patch_nums)))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
@@ -166,11 +170,12 @@ def train_step_fn(transformer: VARTransformer, labels_B, tf_input, gt_BL, optimi
 
 def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
     """One AdamW step on random tokens: eager (plain) vs torch.compile (fast, when `compile_fast`); same weights."""
-    config = build(model, "cpu", torch.float32).transformer.config
+    config = configs(model)[1]
     losses, results = [], []
     for fast in (False, True):
         torch.manual_seed(0)
-        transformer = VARTransformer(config).to(device).train()
+        with torch.device(device):
+            transformer = VARTransformer(config).train()
         optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, fused=device.type == "cuda")
         g = torch.Generator().manual_seed(1)
         gt_BL = torch.randint(0, config.vocab_size, (B, config.seq_len), generator=g).to(device)
@@ -187,7 +192,7 @@ def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
         flops = flops_of(step) / B if not fast else None
         if flops is not None:
             flops_per_image = flops
-        del transformer, optimizer, module
+        transformer = optimizer = module = step = None  # free the GPU before the next variant
     row(f"{model} train step", B, results[0], results[1], flops_per_image, peak_tflops)
     return losses
 
