@@ -390,9 +390,10 @@ class VARPipeline(DiffusionPipeline):
             return min(max_batch_size, batch_size)
         if torch.device(device).type != "cuda":
             return batch_size
-        if fast and not any(key[1] == 2 * batch_size for key in self._runners.runners):
-            self._runners.clear()  # other batch sizes' caches would otherwise count against this one
-            torch.cuda.empty_cache()
+        if fast and any(key[1] == 2 * batch_size for key in self._runners.runners):
+            return batch_size  # this batch ran in one pass before, and its cache is still allocated
+        self._runners.clear()  # kept caches would otherwise count against this batch
+        torch.cuda.empty_cache()
         fits = max_batch_for_memory(self.transformer, self.vqvae.config, device)
         return min(batch_size, fits) if fits is not None else batch_size
 
