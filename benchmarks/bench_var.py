@@ -32,9 +32,10 @@ from var_hf import (
     VARTransformerConfig,
 )
 
+# Tiny widths, but the real 4096-code vocabulary: sampling cost (filtering, drawing) scales with it.
 TINY = dict(
-    vqvae=dict(base_channels=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, vocab_size=512, vq_embed_dim=16),
-    var=dict(depth=4, embed_dim=128, num_heads=4, vocab_size=512, vq_embed_dim=16, num_classes=10),
+    vqvae=dict(base_channels=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, vocab_size=4096, vq_embed_dim=16),
+    var=dict(depth=4, embed_dim=128, num_heads=4, vocab_size=4096, vq_embed_dim=16, num_classes=10),
     patch_nums=(1, 2, 3, 4, 6, 8),
 )
 SAMPLING = dict(guidance_scale=1.5, top_k=900, top_p=0.95)

@@ -240,7 +240,8 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             token_map = torch.cat([draw(probs_NV[i * l : (i + 1) * l], g) for i, g in enumerate(generator)]).view(B, l)
         else:
             token_map = draw(probs_NV, generator).view(B, l)
-        probabilities_valid = torch.isfinite(probs_NV).all() if sync_free else None
+        # A NaN or inf probability makes its row's sum non-finite: one reduction instead of elementwise checks.
+        probabilities_valid = torch.isfinite(probs_NV.sum(dim=-1)).all() if sync_free else None
 
         smoothed = None
         if more_smooth:
