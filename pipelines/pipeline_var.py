@@ -325,7 +325,7 @@ class VARPipeline(DiffusionPipeline):
                 The fast path (see `docs/performance.md`): per-scale CUDA graphs on static buffers, sort-free
                 top-k/top-p, channels-last decoding with cuDNN autotuning. `None` (default) turns it on exactly when
                 the pipeline runs on CUDA. In float32 it draws the same tokens as `fast_path=False` for the same seed
-                (exact ties in the logits aside); for bf16 speed load the pipeline with `torch_dtype=torch.bfloat16`.
+                (exact ties in the logits aside); for bf16 speed load the pipeline with `dtype=torch.bfloat16`.
             max_batch_size (`int`, *optional*):
                 Sample in chunks of at most this many images. `None`: on CUDA, as many as the free memory should
                 hold (an estimate); elsewhere all at once. With one generator the draws depend on the chunking; with

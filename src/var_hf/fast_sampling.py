@@ -6,7 +6,7 @@ prefix), so each scale's transformer step can be captured once as a CUDA graph o
 launches the very kernels eager PyTorch launched at capture, so in a given dtype the logits are bit-identical to the
 eager ones; the time saved is the launch overhead of the hundreds of small kernels per scale, which dominates at
 small batch. Numerics change only where the user changes the dtype (load the pipeline with
-`torch_dtype=torch.bfloat16`).
+`dtype=torch.bfloat16`).
 
 The path is chosen by a rule, not by what happens to be installed: `fast_path=None` means "on when the pipeline runs
 on CUDA". On other devices (and in the CPU tests) `fast_path=True` runs the same static steps eagerly, on the same
