@@ -182,8 +182,9 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
 
         For one sample PyTorch draws by the exponential race, `argmax(probs / Exp(1))`, with one exponential per
         entry. The same two ops here give the same indices and leave the generator in the same state (the tests check
-        both against `torch.multinomial`), but skip multinomial's validity checks, whose `.item()` reads would stall
-        the GPU queue at every scale. Returns (N, 1)."""
+        both against `torch.multinomial`), but skip multinomial's validity checks: three reductions per call, read on
+        the host in older PyTorch (a stall of the GPU queue at every scale) and device-side asserts in newer ones (which
+        end the CUDA context on failure). The pipeline checks once per run instead. Returns (N, 1)."""
         race_NV = torch.empty_like(probs_NV).exponential_(1, generator=generator)
         return probs_NV.div(race_NV).argmax(dim=-1, keepdim=True)
 
