@@ -9,6 +9,9 @@ vocabulary sorted for top-p, and the decoder run eagerly under autocast. Fast pa
 with bf16 weights on CUDA (float32 on CPU): per-scale CUDA graphs on a pre-allocated cache without the last scale,
 sort-free top-k/top-p, channels-last decoding with cuDNN autotuning.
 
+`--compile-blocks` adds `VARTransformer.compile_blocks()` (torch.compile of the blocks' pointwise pieces) to the
+fast path.
+
 Printed: a table (latency, images/s, peak GiB, fast/plain speed ratio, fraction of the compute floor at
 `--peak-tflops`, FLOPs counted by `torch.utils.flop_counter`), and the correctness of the fast path: in float32 the
 fraction of tokens equal to the plain path's for the same seed (must be 1), and in bf16 the fraction equal to float32
@@ -132,8 +135,9 @@ def row(name, B, plain, fast, flops_per_image, peak_tflops):
           f"{t_plain / t_fast:.2f} | {m_plain:.1f} | {m_fast:.1f} | {floor:.3f} |", flush=True)
 
 
-def correctness(model: str, device, plain32: VARPipeline, labels):
-    """Float32 fast vs plain tokens; bf16 fast vs float32 tokens and max logit error."""
+def correctness(model: str, device, plain32: VARPipeline, labels, compile_blocks: bool = False):
+    """Float32 fast vs plain tokens; bf16 fast vs float32 tokens and max logit error (with `compile_blocks`, of the
+    compiled bf16 model)."""
     _, plain_maps = sample_plain(plain32, labels, torch.Generator(device).manual_seed(0), decode=False)
     fast = sample_fast(plain32, labels, torch.Generator(device).manual_seed(0), output_type="latent")
     plain_tokens, fast_tokens = torch.cat(plain_maps, 1), torch.cat(fast.token_maps, 1)
@@ -142,6 +146,8 @@ def correctness(model: str, device, plain32: VARPipeline, labels):
     bf16 = build(model, device, torch.bfloat16)
     bf16.transformer.load_state_dict(plain32.transformer.state_dict())
     bf16.vqvae.load_state_dict(plain32.vqvae.state_dict())
+    if compile_blocks:
+        bf16.transformer.compile_blocks()
     fast16 = sample_fast(bf16, labels, torch.Generator(device).manual_seed(0), output_type="latent")
     tokens16 = torch.cat(fast16.token_maps, 1)
     first_scale_equal = (fast16.token_maps[0] == plain_maps[0]).float().mean()
@@ -210,6 +216,8 @@ def main(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="dense bf16 peak for the floor column (default 790 on GPU, 1 on CPU)")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--compile-blocks", action="store_true",
+                        help="also torch.compile the fast path's pointwise block pieces (VARTransformer.compile_blocks)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.type == "cuda"
@@ -231,6 +239,8 @@ def main(argv=None):
         fast_pipe = build(model, device, fast_dtype)
         fast_pipe.transformer.load_state_dict(plain_pipe.transformer.state_dict())
         fast_pipe.vqvae.load_state_dict(plain_pipe.vqvae.state_dict())
+        if args.compile_blocks:
+            fast_pipe.transformer.compile_blocks()
         num_classes = plain_pipe.transformer.config.num_classes
         flops_per_image = flops_of(lambda: sample_plain(plain_pipe, [0], torch.Generator(device).manual_seed(0)))
         for B in batch_sizes:
@@ -259,7 +269,8 @@ def main(argv=None):
         if train_batch:
             checks.append((model, bench_training(model, device, train_batch, args.repeats, compile_train, peak)))
         if not args.skip_correctness:
-            correctness(model, device, plain_pipe, labels=[i % num_classes for i in range(min(batch_sizes[-1], 16))])
+            correctness(model, device, plain_pipe, labels=[i % num_classes for i in range(min(batch_sizes[-1], 16))],
+                        compile_blocks=args.compile_blocks)
         plain_pipe = fast_pipe = None  # free the GPU before the next model
         if on_gpu:
             torch.cuda.empty_cache()

@@ -225,3 +225,16 @@ def test_nan_logits_fail_on_both_paths(pipe):
         broken(class_labels=[0], generator=gen(0), fast_path=False)
     with pytest.raises(RuntimeError, match="inf or NaN probabilities"):
         broken(class_labels=[0], generator=gen(0), fast_path=True)
+
+
+def test_fast_path_with_compiled_blocks(pipe):
+    """compile_blocks combines with the fast path (traced with backend="eager", so the tokens must not move)."""
+    torch._dynamo.reset()
+    kwargs = dict(class_labels=[0, 3], top_k=TOP_K, output_type="latent")
+    plain = pipe(generator=gen(4), fast_path=False, **kwargs)
+    pipe.transformer.compile_blocks(backend="eager", fullgraph=True)
+    try:
+        fast = pipe(generator=gen(4), fast_path=True, **kwargs)
+    finally:
+        pipe.transformer.compile_blocks(False)
+    assert same_tokens(plain.token_maps, fast.token_maps)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from var_hf import NAMED_VAR_CONFIGS, PATCH_NUMS_256, PATCH_NUMS_512, VARKVCache, VARTransformer, VARTransformerConfig
+from var_hf.modeling_var import EAGER_BLOCK_OPS
 
 VARIANTS = {
     "l2norm": dict(),
@@ -354,3 +355,51 @@ def test_training_forward_compiles_without_graph_breaks(make_model, variant):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(class_labels, tf_input).logits, model(class_labels, tf_input).logits)
+
+
+def _traced_graphs(model, config):
+    """Run a teacher-forced pass and a cached scale-by-scale pass; return (logits, cached logits, unique graphs)."""
+    from torch._dynamo.utils import counters
+
+    class_labels, tf_input, _ = make_inputs(config)
+    with torch.no_grad():
+        full = model(class_labels, tf_input).logits
+        cached = incremental_logits(model, class_labels, tf_input, model.new_kv_cache())
+    return full, cached, counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("variant", ["l2norm", "shared_aln", "plain_attention"])
+def test_compile_blocks_traces_once_for_all_blocks_and_scales(make_model, variant):
+    """The compiled pieces must see no per-block or per-scale Python state: the number of graphs may not grow with
+    depth, and tracing (backend="eager") must not change a bit."""
+    from torch._dynamo.utils import counters
+
+    graphs = []
+    for depth in (2, 4):
+        torch._dynamo.reset()
+        counters.clear()
+        model = make_model(depth=depth, patch_nums=(1, 2, 3, 4, 5), **VARIANTS[variant])
+        eager_full, eager_cached, _ = _traced_graphs(model, model.config)
+        model.compile_blocks(backend="eager", fullgraph=True)
+        full, cached, num_graphs = _traced_graphs(model, model.config)
+        assert torch.equal(full, eager_full) and torch.equal(cached, eager_cached)
+        graphs.append(num_graphs)
+    assert 0 < graphs[0] == graphs[1] <= 10
+    model.compile_blocks(False)
+    assert all(block.ops is EAGER_BLOCK_OPS for block in model.blocks) and model.head_norm.ops is EAGER_BLOCK_OPS
+
+
+def test_compiled_blocks_train_like_eager_blocks(make_model):
+    torch._dynamo.reset()
+    losses, grads = [], []
+    for compiled in (False, True):
+        model = make_model(drop_path_rate=0.0).train()
+        if compiled:
+            model.compile_blocks(backend="eager", fullgraph=True)
+        class_labels, tf_input, labels = make_inputs(model.config)
+        torch.manual_seed(1)  # class dropout draws
+        loss = model(class_labels, tf_input, labels=labels).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.blocks[0].mlp.fc1.weight.grad.clone())
+    assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])

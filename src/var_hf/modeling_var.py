@@ -11,7 +11,7 @@ coarser scales ([`VARKVCache`]).
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -171,6 +171,36 @@ class AdaLNModulation(nn.Module):
         return self.linear(F.silu(cond_BD)).view(-1, 1, self.num_chunks, self.embed_dim)
 
 
+# The pointwise-heavy pieces of a block, as functions of tensors only, so that `VARTransformer.compile_blocks` can hand
+# them to torch.compile once for all blocks and scales (dynamic shapes, no module guards). Eager, they are exactly the
+# operations the block would otherwise run inline.
+
+
+def modulated_layer_norm(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float) -> torch.Tensor:
+    """AdaLN: LayerNorm without affine parameters, then `x * (1 + scale) + shift`."""
+    return F.layer_norm(x_BLC, (x_BLC.shape[-1],), eps=eps).mul(scale_B1C.add(1)).add_(shift_B1C)
+
+
+def gated_residual(x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
+    return x_BLC + update_BLC.mul(gamma_B1C)
+
+
+def mlp_forward(x_BLC, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> torch.Tensor:
+    return F.linear(F.gelu(F.linear(x_BLC, fc1_weight, fc1_bias), approximate="tanh"), fc2_weight, fc2_bias)
+
+
+@dataclass(frozen=True)
+class BlockOps:
+    """The functions a block calls for its pointwise pieces: eager by default, compiled after `compile_blocks`."""
+
+    modulated_layer_norm: Callable = modulated_layer_norm
+    gated_residual: Callable = gated_residual
+    mlp: Callable = mlp_forward
+
+
+EAGER_BLOCK_OPS = BlockOps()
+
+
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth per sample (timm's rule, scaled by 1 / keep)."""
     if drop_prob == 0.0 or not training:
@@ -197,6 +227,18 @@ class VARBlock(GradientCheckpointingLayer):
             self.adaln_table = nn.Parameter(torch.zeros(1, 1, 6, config.embed_dim))
         else:
             self.adaln = AdaLNModulation(config.embed_dim, config.embed_dim, 6)
+        self.ops = EAGER_BLOCK_OPS
+
+    def _residual(self, x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
+        if self.training and self.drop_path_rate > 0:
+            return x_BLC + drop_path(update_BLC.mul(gamma_B1C), self.drop_path_rate, True)
+        return self.ops.gated_residual(x_BLC, update_BLC, gamma_B1C)
+
+    def _mlp(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        if self.training and isinstance(self.mlp.drop, nn.Dropout):
+            return self.mlp(x_BLC)
+        mlp = self.mlp
+        return self.ops.mlp(x_BLC, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
 
     def forward(
         self,
@@ -208,11 +250,11 @@ class VARBlock(GradientCheckpointingLayer):
         """`cond_BD` is the class embedding (B, D), or with shared AdaLN the shared projection (B, 1, 6, C)."""
         modulation_B16C = self.adaln_table + cond_BD if self.shared_aln else self.adaln(cond_BD)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation_B16C.unbind(2)  # each (B, 1, C)
-        attn_in = self.ln(hidden_states).mul(scale1.add(1)).add_(shift1)
+        attn_in = self.ops.modulated_layer_norm(hidden_states, scale1, shift1, self.ln.eps)
         attn_out = self.attn(attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx)
-        hidden_states = hidden_states + drop_path(attn_out.mul(gamma1), self.drop_path_rate, self.training)
-        mlp_out = self.mlp(self.ln(hidden_states).mul(scale2.add(1)).add_(shift2))
-        return hidden_states + drop_path(mlp_out.mul(gamma2), self.drop_path_rate, self.training)
+        hidden_states = self._residual(hidden_states, attn_out, gamma1)
+        mlp_out = self._mlp(self.ops.modulated_layer_norm(hidden_states, scale2, shift2, self.ln.eps))
+        return self._residual(hidden_states, mlp_out, gamma2)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -220,10 +262,11 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.ln = nn.LayerNorm(config.embed_dim, eps=config.norm_eps, elementwise_affine=False)
         self.adaln = AdaLNModulation(config.embed_dim, config.embed_dim, 2)
+        self.ops = EAGER_BLOCK_OPS
 
     def forward(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale, shift = self.adaln(cond_BD).unbind(2)
-        return self.ln(hidden_states).mul(scale.add(1)).add_(shift)
+        return self.ops.modulated_layer_norm(hidden_states, scale, shift, self.ln.eps)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -391,6 +434,25 @@ class VARTransformer(VARPreTrainedModel):
     def condition_for_blocks(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """What the blocks take as condition: the class vector, or with shared AdaLN its shared projection."""
         return self.shared_adaln(cond_BD) if self.shared_adaln is not None else cond_BD
+
+    def compile_blocks(self, enabled: bool = True, **compile_kwargs) -> "VARTransformer":
+        """Run the blocks' and the head's pointwise pieces (AdaLN LayerNorm, gated residuals, the MLP) through
+        `torch.compile`, which fuses them into fewer kernels; attention and the KV cache stay eager, so the compiled
+        pieces see no Python state and compile once (dynamic shapes) for every block and scale.
+
+        Opt-in: fused kernels round differently, so logits move by float rounding (sampled tokens can then differ
+        from the eager path's). Combines with the pipeline's fast path (the compiled kernels are captured in its
+        CUDA graphs). `compile_blocks(False)` goes back to eager. `compile_kwargs` go to `torch.compile` (e.g.
+        `mode="max-autotune-no-cudagraphs"`, or `backend="eager"` to check tracing without code generation).
+        """
+        if enabled:
+            compile_kwargs = {"dynamic": True, **compile_kwargs}
+            ops = BlockOps(*(torch.compile(fn, **compile_kwargs) for fn in (modulated_layer_norm, gated_residual, mlp_forward)))
+        else:
+            ops = EAGER_BLOCK_OPS
+        for module in (*self.blocks, self.head_norm):
+            module.ops = ops
+        return self
 
     # ------------------------------------------------------------------ training / full-sequence pass
 
