@@ -397,6 +397,12 @@ class VARPipeline(DiffusionPipeline):
         fits = max_batch_for_memory(self.transformer, self.vqvae.config, device)
         return min(batch_size, fits) if fits is not None else batch_size
 
+    def to(self, *args, **kwargs):
+        """`DiffusionPipeline.to`, which also drops the fast path's caches and graphs (they hold the old device's
+        memory and pointers to the old weights)."""
+        self._runners.clear()
+        return super().to(*args, **kwargs)
+
     def release_fast_path(self):
         """Free the fast path's pre-allocated caches and captured CUDA graphs (they are kept between calls)."""
         self._runners.clear()

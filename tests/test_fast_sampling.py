@@ -238,3 +238,9 @@ def test_fast_path_with_compiled_blocks(pipe):
     finally:
         pipe.transformer.compile_blocks(False)
     assert same_tokens(plain.token_maps, fast.token_maps)
+
+
+def test_moving_the_pipeline_drops_the_runners(pipe):
+    pipe(class_labels=[0], generator=gen(0), top_k=TOP_K, output_type="latent", fast_path=True)
+    assert pipe._runners.runners
+    assert pipe.to("cpu") is pipe and not pipe._runners.runners
