@@ -20,6 +20,7 @@ from var_hf.evaluation import (
     load_reference,
     run_evaluate_command,
 )
+from var_hf import metrics
 from var_hf.metrics import class_accuracy
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -119,6 +120,67 @@ def test_inception_loads_a_torchvision_style_state_dict(tmp_path):
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, wrong)
     with pytest.raises(ValueError, match="not the FID InceptionV3"):
         load_inception(wrong)
+
+
+@pytest.fixture(scope="module")
+def random_inception():
+    """Random weights that keep activations alive through the depth (default inits shrink them towards zero)."""
+    torch.manual_seed(0)
+    model = InceptionV3FeatureExtractor().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
+def test_sfid_features_are_mixed_6d_1x1_branch_in_tensorflow_order(random_inception):
+    """sFID reads the graph's mixed_6/conv:0 (Mixed_6d's 1x1 branch), first 7 channels, flattened as (H, W, C)."""
+    captured = {}
+    handle = random_inception.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, out: captured.setdefault("o", out))
+    pixels = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            features, logits, spatial = random_inception(pixels, output_spatial=True)
+            plain_features, plain_logits = random_inception(pixels)
+    finally:
+        handle.remove()
+    branch_BChw = captured["o"]
+    assert branch_BChw.shape == (2, 192, 17, 17) and spatial.shape == (2, InceptionV3FeatureExtractor.spatial_dim)
+    torch.testing.assert_close(spatial, branch_BChw[:, :7].permute(0, 2, 3, 1).reshape(2, -1), rtol=0, atol=0)
+    assert torch.equal(features, plain_features) and torch.equal(logits, plain_logits)
+
+
+def test_sfid_is_computed_against_reference_images_or_adm_statistics(random_inception, tmp_path):
+    rng = np.random.default_rng(0)
+    reference_images = rng.integers(0, 256, size=(6, 16, 16, 3), dtype=np.uint8)
+    samples = np.zeros((6, 16, 16, 3), dtype=np.uint8)  # black: far from the noise reference
+    with torch.no_grad():
+        results, details = evaluation.compute_sample_metrics(
+            samples, [0] * 6, random_inception, evaluation.Reference(info={"source": "noise"}, images=reference_images)
+        )
+    assert details["sfid_reference"] == "reference image features" and np.isfinite(results["sfid"])
+    assert results["sfid"] > 1.0
+
+    # With precomputed sFID statistics (the ADM rule), those are used, and give the same number.
+    with torch.no_grad():
+        _, _, reference_spatial = extract_features(random_inception, reference_images, spatial=True)
+    mu_s, sigma_s = metrics.feature_statistics(reference_spatial)
+    with torch.no_grad():
+        from_statistics, details = evaluation.compute_sample_metrics(
+            samples, [0] * 6, random_inception,
+            evaluation.Reference(info={"source": "noise"}, images=reference_images, mu_s=mu_s, sigma_s=sigma_s),
+        )
+    assert details["sfid_reference"] == "precomputed statistics (mu_s, sigma_s)"
+    assert from_statistics["sfid"] == pytest.approx(results["sfid"], rel=1e-6)
+
+    # The ADM reference batch's layout: mu_s/sigma_s next to mu/sigma are read and flagged.
+    np.savez(tmp_path / "adm.npz", mu=np.zeros(4), sigma=np.eye(4), mu_s=np.ones(3), sigma_s=2 * np.eye(3))
+    ref = load_reference(str(tmp_path / "adm.npz"))
+    assert ref.info["has_spatial_statistics"] and ref.mu_s.shape == (3,) and ref.sigma_s.shape == (3, 3)
+    with pytest.raises(ValueError, match="sFID features come from the FID InceptionV3"):
+        extract_features(evaluation.DomainClassifier(evaluation.DomainClassifierConfig(num_classes=2)), samples,
+                         spatial=True)
 
 
 def test_missing_inception_weights_error_says_where_to_get_them(tmp_path, monkeypatch):

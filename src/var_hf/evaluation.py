@@ -228,6 +228,11 @@ class InceptionV3FeatureExtractor(nn.Module):
     feature_dim = 2048
     num_logits = 1008
     input_size = 299
+    # sFID's features: the graph's `mixed_6/conv:0` (Mixed_6d's 1x1 branch after BN and ReLU, 17x17x192), first 7
+    # channels, flattened in TensorFlow's (H, W, C) order as the ADM evaluator does, so the ADM reference batch's
+    # precomputed `mu_s`/`sigma_s` apply.
+    spatial_channels = 7
+    spatial_dim = 17 * 17 * 7
 
     def __init__(self):
         super().__init__()
@@ -249,8 +254,9 @@ class InceptionV3FeatureExtractor(nn.Module):
         self.Mixed_7c = _InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, self.num_logits)
 
-    def forward(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, 3, H, W) -> (pool features (B, 2048), unbiased logits (B, 1008)), both float32."""
+    def forward(self, pixel_values: torch.Tensor, output_spatial: bool = False):
+        """uint8 (B, 3, H, W) -> (pool features (B, 2048), unbiased logits (B, 1008)), both float32; with
+        `output_spatial`, also the sFID features (B, 2023)."""
         x = resize_bilinear_tf1(pixel_values.float(), self.input_size)
         x = (x - 128) / 128  # the graph's Sub/Mul to [-1, 1]
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # (B, 64, 147, 147)
@@ -259,10 +265,16 @@ class InceptionV3FeatureExtractor(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c):
             x = block(x)
+        spatial_BD = None
+        if output_spatial:  # one extra 1x1 convolution: Mixed_6d recomputes its branch inside
+            spatial_BChw = self.Mixed_6d.branch1x1(x)[:, : self.spatial_channels]  # (B, 7, 17, 17)
+            spatial_BD = spatial_BChw.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
         for block in (self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)  # ends at (B, 2048, 8, 8)
         features_BD = x.mean(dim=(2, 3))
         logits_BK = features_BD @ self.fc.weight.T  # pool_3 -> softmax without the bias, as in the IS code
+        if output_spatial:
+            return features_BD, logits_BK, spatial_BD
         return features_BD, logits_BK
 
 
@@ -666,20 +678,30 @@ def extract_features(
     images: ImagesOrPaths,
     batch_size: int = 64,
     device: Union[str, torch.device, None] = None,
-) -> Tuple[np.ndarray, np.ndarray]:
+    spatial: bool = False,
+):
     """Run a feature extractor over uint8 images (N, H, W, 3), or over image files.
 
     Returns:
-        `(features, logits)`: float64 arrays `(N, feature_dim)` and `(N, num_classes)`.
+        `(features, logits)`: float64 arrays `(N, feature_dim)` and `(N, num_classes)`; with `spatial=True` (the
+        InceptionV3 only) also the sFID features `(N, 2023)`.
     """
+    if spatial and not isinstance(extractor, InceptionV3FeatureExtractor):
+        raise ValueError(f"sFID features come from the FID InceptionV3; the {extractor.name} extractor has none.")
     device = device or next(extractor.parameters()).device
-    features, logits = [], []
+    features, logits, spatials = [], [], []
     for batch in iter_image_batches(images, batch_size):
         pixels_BCHW = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(device)
-        out = extractor(pixels_BCHW)
-        feats_BD, logits_BK = (out.features, out.logits) if isinstance(out, DomainClassifierOutput) else out
+        if spatial:
+            feats_BD, logits_BK, spatial_BD = extractor(pixels_BCHW, output_spatial=True)
+            spatials.append(spatial_BD.double().cpu().numpy())
+        else:
+            out = extractor(pixels_BCHW)
+            feats_BD, logits_BK = (out.features, out.logits) if isinstance(out, DomainClassifierOutput) else out
         features.append(feats_BD.double().cpu().numpy())
         logits.append(logits_BK.double().cpu().numpy())
+    if spatial:
+        return np.concatenate(features), np.concatenate(logits), np.concatenate(spatials)
     return np.concatenate(features), np.concatenate(logits)
 
 
@@ -699,6 +721,8 @@ class Reference:
     images: Optional[np.ndarray] = None  # uint8 (N, H, W, 3)
     mu: Optional[np.ndarray] = None
     sigma: Optional[np.ndarray] = None
+    mu_s: Optional[np.ndarray] = None  # sFID statistics, as in the ADM reference batch
+    sigma_s: Optional[np.ndarray] = None
 
 
 def load_reference(
@@ -714,8 +738,8 @@ def load_reference(
 
     Args:
         reference (`str`):
-            - an `.npz`: `arr_0` uint8 images and/or precomputed `mu`, `sigma` (the ADM reference batch
-              `VIRTUAL_imagenet256_labeled.npz` holds both, plus spatial statistics that are not used);
+            - an `.npz`: `arr_0` uint8 images and/or precomputed `mu`, `sigma` (and sFID's `mu_s`, `sigma_s`; the
+              ADM reference batch `VIRTUAL_imagenet256_labeled.npz` holds all of them);
             - a folder saved with `datasets`' `save_to_disk`;
             - a folder of images (searched recursively; png, jpg, webp, bmp, tif);
             - `"fashion-mnist"`: Debian's Fashion-MNIST idx files ([`var_hf.data.load_fashion_mnist`]; the same
@@ -749,11 +773,13 @@ def load_reference(
                 raise ValueError(f"Reference {reference!r} has neither images (arr_0) nor statistics (mu, sigma): {sorted(keys)}.")
             images = npz["arr_0"] if "arr_0" in keys else None
             mu, sigma = (npz["mu"], npz["sigma"]) if "mu" in keys else (None, None)
+            mu_s, sigma_s = (npz["mu_s"], npz["sigma_s"]) if {"mu_s", "sigma_s"} <= keys else (None, None)
         if images is not None:
             idx = subset(len(images))
             images = images_to_array(images if idx is None else images[idx], resolution)
-        info.update(kind="npz", has_statistics=mu is not None, num_images=0 if images is None else len(images))
-        return Reference(info=info, images=images, mu=mu, sigma=sigma)
+        info.update(kind="npz", has_statistics=mu is not None, has_spatial_statistics=mu_s is not None,
+                    num_images=0 if images is None else len(images))
+        return Reference(info=info, images=images, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
 
     if os.path.isdir(reference):
         if os.path.isfile(os.path.join(reference, "dataset_info.json")) or os.path.isfile(
@@ -943,6 +969,13 @@ def load_samples(paths: Sequence[str]) -> np.ndarray:
     return np.concatenate(list(iter_image_batches(list(paths), 256)))
 
 
+def _save_npz_atomically(path: str, **arrays: np.ndarray):
+    """`np.savez` through a temporary file, so an interrupted run never leaves a truncated cache behind."""
+    tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def write_samples_npz(path: str, images: ImagesOrPaths, class_labels: Sequence[int], batch_size: int = 256) -> str:
     """Write samples in the ADM evaluator's layout: `arr_0` uint8 (N, H, W, 3) and `arr_1` int64 labels (N,).
 
@@ -1007,10 +1040,14 @@ def compute_sample_metrics(
     Returns:
         `(metrics, details)`: the numbers and how each was obtained (written to the metrics JSON).
     """
-    features, logits = extract_features(extractor, images, batch_size)
+    is_inception = isinstance(extractor, InceptionV3FeatureExtractor)
+    spatial = None
+    if is_inception:
+        features, logits, spatial = extract_features(extractor, images, batch_size, spatial=True)
+    else:
+        features, logits = extract_features(extractor, images, batch_size)
     results: Dict[str, float] = {"inception_score": metrics.inception_score(metrics.softmax(logits), is_split_size)}
     details: Dict[str, Any] = {"num_samples": int(len(images)), "is_split_size": is_split_size}
-    is_inception = isinstance(extractor, InceptionV3FeatureExtractor)
     if isinstance(extractor, DomainClassifier):
         results["class_accuracy"] = metrics.class_accuracy(logits, class_labels)
     if reference is None:
@@ -1022,24 +1059,34 @@ def compute_sample_metrics(
             f"The reference {reference.info['source']!r} holds only precomputed statistics, which are InceptionV3 "
             f"statistics; the {extractor.name} extractor needs reference images."
         )
-    reference_features = None
+    reference_features = reference_spatial = None
     if reference.images is not None:
-        reference_features = _reference_features(reference, extractor, batch_size, reference_cache)
+        reference_features, reference_spatial = _reference_features(reference, extractor, batch_size, reference_cache)
     if use_statistics:
         results["fid"] = metrics.frechet_distance(*metrics.feature_statistics(features), reference.mu, reference.sigma)
         details["fid_reference"] = "precomputed statistics (mu, sigma)"
     else:
         results["fid"] = metrics.frechet_distance_from_features(features, reference_features)
         details["fid_reference"] = "reference image features"
+    if is_inception and reference.mu_s is not None:  # sFID, by the same rule as FID
+        results["sfid"] = metrics.frechet_distance(*metrics.feature_statistics(spatial), reference.mu_s, reference.sigma_s)
+        details["sfid_reference"] = "precomputed statistics (mu_s, sigma_s)"
+    elif reference_spatial is not None:
+        results["sfid"] = metrics.frechet_distance_from_features(spatial, reference_spatial)
+        details["sfid_reference"] = "reference image features"
     if reference_features is not None:
         results["precision"], results["recall"] = metrics.precision_recall(features, reference_features, nearest_k)
         details.update(nearest_k=nearest_k, num_reference_images=int(len(reference_features)))
     return results, details
 
 
-def _reference_features(reference: Reference, extractor, batch_size: int, cache: Optional[str]) -> np.ndarray:
+def _reference_features(
+    reference: Reference, extractor, batch_size: int, cache: Optional[str]
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Features of the reference images (and, for the InceptionV3, their sFID features), cached in `cache`."""
+    spatial = isinstance(extractor, InceptionV3FeatureExtractor)
     key = json.dumps(
-        [reference.info, extractor.name, str(getattr(extractor, "weights_path", "")), int(len(reference.images))],
+        [reference.info, extractor.name, str(getattr(extractor, "weights_path", "")), int(len(reference.images)), spatial],
         sort_keys=True,
         default=str,
     )
@@ -1047,11 +1094,15 @@ def _reference_features(reference: Reference, extractor, batch_size: int, cache:
         with np.load(cache) as npz:
             if str(npz["key"]) == key:
                 logger.info(f"Reusing reference features from {cache}.")
-                return npz["features"]
-    features, _ = extract_features(extractor, reference.images, batch_size)
+                return npz["features"], (npz["spatial"] if spatial else None)
+    if spatial:
+        features, _, spatial_features = extract_features(extractor, reference.images, batch_size, spatial=True)
+    else:
+        (features, _), spatial_features = extract_features(extractor, reference.images, batch_size), None
     if cache is not None:
-        np.savez(cache, key=np.array(key), features=features)
-    return features
+        arrays = {"features": features} if spatial_features is None else {"features": features, "spatial": spatial_features}
+        _save_npz_atomically(cache, key=np.array(key), **arrays)
+    return features, spatial_features
 
 
 # ----------------------------------------------------------------------------------------------------------------------

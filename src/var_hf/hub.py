@@ -41,6 +41,7 @@ VAR_CITATION = """@inproceedings{tian2024var,
 # metrics.json key -> (model-index metric type, readable name)
 METRIC_TYPES = {
     "fid": ("fid", "FID"),
+    "sfid": ("sfid", "sFID"),
     "inception_score": ("inception_score", "Inception Score"),
     "precision": ("precision", "Precision"),
     "recall": ("recall", "Recall"),
@@ -109,7 +110,7 @@ def eval_results_from_metrics(
                 dataset_split=reference.get("split"),
                 metric_type=metric_type,
                 metric_value=round(float(value), 4),
-                metric_name=f"{readable} ({space} features)" if key in ("fid", "precision", "recall") else readable,
+                metric_name=f"{readable} ({space} features)" if key in ("fid", "sfid", "precision", "recall") else readable,
                 metric_config=extractor,
                 metric_args=args or None,
             )
