@@ -175,10 +175,27 @@ def train_step_fn(transformer: VARTransformer, labels_B, tf_input, gt_BL, optimi
     return step
 
 
+def saved_activation_bytes(fn, parameters) -> int:
+    """Bytes of the distinct tensors that autograd keeps for the backward pass during `fn` (weights excluded): the
+    activation memory of a training step, measurable on any device (compiled regions save through the same hooks)."""
+    weight_storages = {p.untyped_storage().data_ptr() for p in parameters}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weight_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(saved.values())
+
+
 def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
     """One AdamW step on random tokens: eager (plain) vs torch.compile (fast, when `compile_fast`); same weights."""
     config = configs(model)[1]
-    losses, results = [], []
+    losses, results, activations = [], [], []
     for fast in (False, True):
         torch.manual_seed(0)
         with torch.device(device):
@@ -196,11 +213,14 @@ def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
             losses.append(float(F.cross_entropy(logits.float().view(-1, config.vocab_size), gt_BL.view(-1))))
             transformer.train()
         results.append(timed_or_oom(step, device, repeats))
+        activations.append(saved_activation_bytes(step, transformer.parameters()) / B / 2**20)
         flops = flops_of(step) / B if not fast else None
         if flops is not None:
             flops_per_image = flops
         transformer = optimizer = module = step = None  # free the GPU before the next variant
     row(f"{model} train step", B, results[0], results[1], flops_per_image, peak_tflops)
+    print(f"  activations kept for backward per image: plain {activations[0]:.1f} MiB, fast {activations[1]:.1f} MiB "
+          f"({activations[1] / activations[0]:.2f}x)")
     return losses
 
 
