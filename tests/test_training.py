@@ -171,6 +171,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     checkpointed = _grads(var, lambda: var(labels, tf_input, labels=gt).loss)
     assert reference.keys() == checkpointed.keys()
     assert all(torch.allclose(reference[k], checkpointed[k], atol=1e-6) for k in reference)
+    var.activation_checkpointing_disable()
+    var.enable_selective_checkpointing()  # recomputes only pointwise work: the very same numbers
+    selective = _grads(var, lambda: var(labels, tf_input, labels=gt).loss)
+    assert all(torch.equal(reference[k], selective[k]) for k in reference)
 
     vqvae = MultiScaleVQVAE(make_vqvae_config()).train()
     pixels = torch.rand(2, 3, 8, 8) * 2 - 1
@@ -264,6 +268,14 @@ def test_vqvae_training_with_gan_dead_codes_ema_and_exact_resume(tmp_path):
     resumed = _weights(os.path.join(out, "checkpoint-00000004"))
     assert all(torch.equal(final[k], resumed[k]) for k in final)
     assert [r["step"] for r in _metrics(out) if "train/loss" in r] == [1, 2, 3, 4]  # no duplicated steps
+
+
+def test_full_and_selective_checkpointing_exclude_each_other(tmp_path):
+    argv = TINY_VAR + ["--vqvae", str(tmp_path / "unused"), "--output_dir", str(tmp_path / "out"),
+                       "--gradient_checkpointing", "--selective_checkpointing"]
+    with pytest.raises(ValueError, match="Choose one of --gradient_checkpointing"):
+        train_var.run(train_var.add_arguments(argparse.ArgumentParser()).parse_args(argv))
+    assert not (tmp_path / "out").exists()
 
 
 def test_tokenize_then_train_var_writes_a_loadable_pipeline(tmp_path, vqvae_dir):
