@@ -65,7 +65,9 @@ def build(model_name: str, variant: str, device, memory_factory):
         transformer.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": memory.selective_context}
         )
-    model = torch.compile(transformer) if variant == "compile" else transformer
+    elif variant == "compile+selective":  # compiled, the policy is applied by the compiler: its saves reach the hooks
+        transformer.enable_selective_checkpointing()
+    model = torch.compile(transformer) if variant.startswith("compile") else transformer
     return config, transformer, model, memory
 
 
@@ -82,7 +84,7 @@ def forward_memory(model_name: str, variant: str, batch_size: int, device) -> in
             logits = model(labels_B, tf_input).logits
             return F.cross_entropy(logits.view(-1, config.vocab_size), gt_BL.view(-1))
 
-    if variant == "compile":
+    if variant.startswith("compile"):
         forward().backward()  # compile outside the measurement
         transformer.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(memory.pack, lambda tensor: tensor):
@@ -96,7 +98,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="d16", help="tiny, d16, d20, d24, d30")
     parser.add_argument("--batch-sizes", nargs=2, type=int, default=[1, 2], help="two batch sizes for the slope")
-    parser.add_argument("--variants", nargs="+", default=["eager", "compile", "selective", "checkpointing"])
+    parser.add_argument("--variants", nargs="+",
+                        default=["eager", "compile", "selective", "compile+selective", "checkpointing"])
     parser.add_argument("--reference-batch", type=int, default=64, help="batch for the predicted peak column")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

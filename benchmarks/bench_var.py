@@ -7,7 +7,8 @@ Plain path (the baseline): an eager loop structured like the reference's `autore
 under bf16 autocast on CUDA, the KV cache grown by concatenation at every scale with the last scale cached too, the
 vocabulary sorted for top-p, and the decoder run eagerly under autocast. Fast path: `VARPipeline(fast_path=True)`
 with bf16 weights on CUDA (float32 on CPU): per-scale CUDA graphs on a pre-allocated cache without the last scale,
-sort-free top-k/top-p, channels-last decoding with cuDNN autotuning.
+sort-free top-k/top-p, channels-last decoding with cuDNN autotuning. Training step: eager under bf16 autocast (plain)
+vs selective activation checkpointing and torch.compile (fast; compiled on CUDA by default).
 
 `--compile-blocks` adds `VARTransformer.compile_blocks()` (torch.compile of the blocks' pointwise pieces) to the
 fast path.
@@ -175,31 +176,18 @@ def train_step_fn(transformer: VARTransformer, labels_B, tf_input, gt_BL, optimi
     return step
 
 
-def saved_activation_bytes(fn, parameters) -> int:
-    """Bytes of the distinct tensors that autograd keeps for the backward pass during `fn` (weights excluded): the
-    activation memory of a training step, measurable on any device (compiled regions save through the same hooks)."""
-    weight_storages = {p.untyped_storage().data_ptr() for p in parameters}
-    saved = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weight_storages:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(saved.values())
-
-
 def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
-    """One AdamW step on random tokens: eager (plain) vs torch.compile (fast, when `compile_fast`); same weights."""
+    """One AdamW step on random tokens: eager (plain, the reference's structure) vs selective activation checkpointing
+    plus torch.compile (fast; compiled when `compile_fast`); same weights, same loss. Activation memory per image on
+    any device: benchmarks/activation_memory.py."""
     config = configs(model)[1]
-    losses, results, activations = [], [], []
+    losses, results = [], []
     for fast in (False, True):
         torch.manual_seed(0)
         with torch.device(device):
             transformer = VARTransformer(config).train()
+        if fast:
+            transformer.enable_selective_checkpointing()
         optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, fused=device.type == "cuda")
         g = torch.Generator().manual_seed(1)
         gt_BL = torch.randint(0, config.vocab_size, (B, config.seq_len), generator=g).to(device)
@@ -213,14 +201,11 @@ def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
             losses.append(float(F.cross_entropy(logits.float().view(-1, config.vocab_size), gt_BL.view(-1))))
             transformer.train()
         results.append(timed_or_oom(step, device, repeats))
-        activations.append(saved_activation_bytes(step, transformer.parameters()) / B / 2**20)
         flops = flops_of(step) / B if not fast else None
         if flops is not None:
             flops_per_image = flops
         transformer = optimizer = module = step = None  # free the GPU before the next variant
     row(f"{model} train step", B, results[0], results[1], flops_per_image, peak_tflops)
-    print(f"  activations kept for backward per image: plain {activations[0]:.1f} MiB, fast {activations[1]:.1f} MiB "
-          f"({activations[1] / activations[0]:.2f}x)")
     return losses
 
 

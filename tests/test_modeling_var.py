@@ -403,3 +403,18 @@ def test_compiled_blocks_train_like_eager_blocks(make_model):
         losses.append(loss.detach())
         grads.append(model.blocks[0].mlp.fc1.weight.grad.clone())
     assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])
+
+
+def test_selective_checkpointing_compiles_without_graph_breaks(make_model):
+    """`--selective_checkpointing --compile`: the checkpoint policy must be traceable (a plain function)."""
+    torch._dynamo.reset()
+    grads = []
+    for compiled in (False, True):
+        model = make_model().train()
+        model.config.cond_drop_rate = 0.0
+        model.enable_selective_checkpointing()
+        class_labels, tf_input, labels = make_inputs(model.config)
+        run = torch.compile(model, backend="eager", fullgraph=True) if compiled else model
+        run(class_labels, tf_input, labels=labels).loss.backward()
+        grads.append(model.blocks[1].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
