@@ -24,10 +24,10 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging
 
+from ..fast_sampling import StaticScaleRunners, fast_decoding, max_batch_for_memory, resolve_fast_path
 from ..labels import LabelMap, imagenet_id2label, is_default_id2label
 from ..modeling_var import VARTransformer
 from ..modeling_vqvae import MultiScaleVQVAE
-from ..fast_sampling import StaticScaleRunners, fast_decoding, max_batch_for_memory, resolve_fast_path
 from ..scheduling_var import VARScaleScheduler
 
 logger = logging.get_logger(__name__)
@@ -94,10 +94,10 @@ class VARPipeline(DiffusionPipeline):
         self.register_to_config(id2label={str(k): v for k, v in id2label.items()})
         self.label_map = LabelMap(id2label, transformer.config.num_classes)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
-        self._runners = StaticScaleRunners()  # the fast path's static caches and CUDA graphs, kept between calls
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=1, do_resize=True, do_normalize=False, do_binarize=False, do_convert_grayscale=True
         )
+        self._runners = StaticScaleRunners()  # the fast path's static caches and CUDA graphs, kept between calls
 
     # ------------------------------------------------------------------ loading
 
@@ -390,7 +390,7 @@ class VARPipeline(DiffusionPipeline):
             return min(max_batch_size, batch_size)
         if torch.device(device).type != "cuda":
             return batch_size
-        if fast and any(key[1] == 2 * batch_size for key in self._runners.runners):
+        if fast and self._runners.holds(2 * batch_size):
             return batch_size  # this batch ran in one pass before, and its cache is still allocated
         self._runners.clear()  # kept caches would otherwise count against this batch
         torch.cuda.empty_cache()

@@ -98,6 +98,7 @@ def test_runner_pool_is_bounded(pipe):
     for rows in (2, 4, 6):
         runners.get(pipe.transformer, rows, use_cuda_graphs=False)
     assert sorted(key[1] for key in runners.runners) == [4, 6]
+    assert runners.holds(6) and runners.holds(4) and not runners.holds(2)
 
 
 def test_chunked_sampling_with_per_image_generators_is_chunk_independent(pipe):

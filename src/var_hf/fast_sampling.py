@@ -150,6 +150,10 @@ class StaticScaleRunners:
         self.runners[key] = runner  # most recently used last
         return runner
 
+    def holds(self, batch_size: int) -> bool:
+        """Whether a runner for `batch_size` rows is kept (its memory is already allocated)."""
+        return any(runner.batch_size == batch_size for runner in self.runners.values())
+
     def clear(self):
         self.runners.clear()
 
