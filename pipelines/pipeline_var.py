@@ -24,7 +24,13 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging
 
-from ..fast_sampling import StaticScaleRunners, fast_decoding, max_batch_for_memory, resolve_fast_path
+from ..fast_sampling import (
+    DECODE_BATCH_SIZE,
+    StaticScaleRunners,
+    fast_decoding,
+    max_batch_for_memory,
+    resolve_fast_path,
+)
 from ..labels import LabelMap, imagenet_id2label, is_default_id2label
 from ..modeling_var import VARTransformer
 from ..modeling_vqvae import MultiScaleVQVAE
@@ -349,39 +355,62 @@ class VARPipeline(DiffusionPipeline):
         editing = image is not None
         if editing:
             image_tokens, keep_Bhw = self.prepare_edit_inputs(image, mask_image, B, device)
-        chunks = [slice(start, min(start + chunk_size, B)) for start in range(0, B, chunk_size)]
-        if len(chunks) > 1:
-            logger.info(
-                f"Sampling {B} images in {len(chunks)} chunks of at most {chunk_size} (to fit memory). With one "
-                f"generator the draws depend on the chunking; pass one generator per image for chunk-independent results."
-            )
-
         self.scheduler.set_timesteps(device=device)
-        K = self.scheduler.num_scales
-        f_hats, token_maps_per_chunk = [], []
-        with self.progress_bar(total=K * len(chunks)) as progress:
-            for chunk in chunks:
-                chunk_generator = generator[chunk] if isinstance(generator, (list, tuple)) else generator
-                edit = ([t[chunk] for t in image_tokens], keep_Bhw[chunk]) if editing else None
-                f_hat, chunk_token_maps = self._sample_chunk(
-                    labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator, edit,
-                    fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                )
-                f_hats.append(f_hat)
-                token_maps_per_chunk.append(chunk_token_maps)
-        token_maps = [torch.cat(maps, dim=0) for maps in zip(*token_maps_per_chunk)]
+        edit = (image_tokens, keep_Bhw) if editing else None
+        sample_args = (labels, guidance_scale, top_k, top_p, temperature, more_smooth, generator, edit, fast,
+                       callback_on_step_end, callback_on_step_end_tensor_inputs)
+        generator_states = _generator_states(generator)
+        while True:
+            try:
+                f_hat, token_maps = self._sample_in_chunks(chunk_size, *sample_args)
+                break
+            except torch.OutOfMemoryError:
+                # Chunking by memory rather than failing: the estimate was too optimistic. The generators are rewound,
+                # so the result is what this smaller chunk size would have given from the start.
+                if max_batch_size is not None or chunk_size == 1:
+                    raise
+                self._runners.clear()
+                if torch.device(device).type == "cuda":
+                    torch.cuda.empty_cache()
+                _restore_generator_states(generator, generator_states)
+                logger.warning(f"Out of memory with {chunk_size} images per chunk; retrying with {chunk_size // 2}.")
+                chunk_size //= 2
 
         if output_type == "latent":
-            images = torch.cat(f_hats, dim=0)
+            images = f_hat
         else:
-            decoded = torch.cat([self.decode_latents(f_hat, fast) for f_hat in f_hats], dim=0)
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+            images = self.image_processor.postprocess(self.decode_latents(f_hat, fast), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, token_maps
         return VARPipelineOutput(images=images, token_maps=token_maps)
 
     # ------------------------------------------------------------------ sampling internals
+
+    def _sample_in_chunks(
+        self, chunk_size, labels, guidance_scale, top_k, top_p, temperature, more_smooth, generator, edit, fast,
+        callback_on_step_end, callback_on_step_end_tensor_inputs,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Sample all images, `chunk_size` at a time; returns the final f_hat (B, C, pn, pn) and the token maps."""
+        B = len(labels)
+        chunks = [slice(start, min(start + chunk_size, B)) for start in range(0, B, chunk_size)]
+        if len(chunks) > 1:
+            logger.info(
+                f"Sampling {B} images in {len(chunks)} chunks of at most {chunk_size} (to fit memory). With one "
+                f"generator the draws depend on the chunking; pass one generator per image for chunk-independent results."
+            )
+        f_hats, token_maps_per_chunk = [], []
+        with self.progress_bar(total=self.scheduler.num_scales * len(chunks)) as progress:
+            for chunk in chunks:
+                chunk_generator = generator[chunk] if isinstance(generator, (list, tuple)) else generator
+                chunk_edit = ([t[chunk] for t in edit[0]], edit[1][chunk]) if edit is not None else None
+                f_hat, chunk_token_maps = self._sample_chunk(
+                    labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator, chunk_edit,
+                    fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                )
+                f_hats.append(f_hat)
+                token_maps_per_chunk.append(chunk_token_maps)
+        return torch.cat(f_hats, dim=0), [torch.cat(maps, dim=0) for maps in zip(*token_maps_per_chunk)]
 
     def _chunk_size(self, batch_size: int, max_batch_size: Optional[int], fast: bool, device) -> int:
         if max_batch_size is not None:
@@ -408,12 +437,18 @@ class VARPipeline(DiffusionPipeline):
         self._runners.clear()
 
     def decode_latents(self, f_hat: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [-1, 1]; `fast`: channels-last with cuDNN autotuning
-        (same dtype as the VQVAE, so numerics only move by convolution algorithm choice)."""
-        if not fast:
-            return self.vqvae.decode(f_hat).float()
-        with fast_decoding(f_hat.device):
-            return self.vqvae.decode(f_hat.contiguous(memory_format=torch.channels_last)).float().contiguous()
+        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [-1, 1], `DECODE_BATCH_SIZE` at a time so the decoder's
+        memory does not grow with the batch; `fast`: channels-last with cuDNN autotuning (same dtype as the VQVAE, so
+        numerics only move by convolution algorithm choice)."""
+        images = []
+        for f_hat_part in f_hat.split(DECODE_BATCH_SIZE):
+            if not fast:
+                images.append(self.vqvae.decode(f_hat_part).float())
+                continue
+            with fast_decoding(f_hat.device):
+                part = self.vqvae.decode(f_hat_part.contiguous(memory_format=torch.channels_last))
+            images.append(part.float().contiguous())
+        return torch.cat(images)
 
     def _sample_chunk(
         self, labels, guidance_scale, top_k, top_p, temperature, more_smooth, generator, edit, fast, progress,
@@ -485,6 +520,19 @@ class VARPipeline(DiffusionPipeline):
                 "float32 / with fast_path=False to find the scale where it happens."
             )
         return f_hat, token_maps
+
+
+def _generator_states(generator) -> Optional[List[torch.Tensor]]:
+    if generator is None:
+        return None
+    return [g.get_state() for g in (generator if isinstance(generator, (list, tuple)) else [generator])]
+
+
+def _restore_generator_states(generator, states: Optional[List[torch.Tensor]]):
+    if generator is None:
+        return
+    for g, state in zip(generator if isinstance(generator, (list, tuple)) else [generator], states):
+        g.set_state(state)
 
 
 def _spatial_size(obj) -> Tuple[int, int]:

@@ -245,3 +245,36 @@ def test_moving_the_pipeline_drops_the_runners(pipe):
     pipe(class_labels=[0], generator=gen(0), top_k=TOP_K, output_type="latent", fast_path=True)
     assert pipe._runners.runners
     assert pipe.to("cpu") is pipe and not pipe._runners.runners
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_out_of_memory_halves_the_chunk_and_rewinds_the_generator(pipe, fast, caplog):
+    """A chunk that runs out of memory is retried at half the size from rewound generators: the result is exactly
+    what that chunk size gives from the start. (The out-of-memory error comes from a callback here, as it would come
+    from any allocation on a GPU.)"""
+
+    def fail_on_large_chunks(pipeline, step, timestep, tensors):
+        if tensors["f_hat"].shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return {}
+
+    kwargs = dict(class_labels=[0, 1, 2, 3, 4], top_k=TOP_K, output_type="pt", fast_path=fast,
+                  callback_on_step_end_tensor_inputs=["f_hat"])
+    with caplog.at_level("WARNING"):
+        retried = pipe(generator=gen(9), callback_on_step_end=fail_on_large_chunks, **kwargs)
+    assert "retrying with 2" in caplog.text
+    expected = pipe(generator=gen(9), max_batch_size=2, **kwargs)
+    assert same_tokens(retried.token_maps, expected.token_maps)
+    torch.testing.assert_close(retried.images, expected.images, rtol=0, atol=0)
+    with pytest.raises(torch.OutOfMemoryError):  # an explicit max_batch_size is the user's word: no retry
+        pipe(generator=gen(9), callback_on_step_end=fail_on_large_chunks, max_batch_size=4, **kwargs)
+
+
+def test_decoding_in_sub_batches_matches_one_decode(pipe):
+    from var_hf.fast_sampling import DECODE_BATCH_SIZE
+
+    labels = [i % 5 for i in range(DECODE_BATCH_SIZE + 3)]
+    out = pipe(class_labels=labels, generator=gen(1), top_k=TOP_K, output_type="pt")
+    with torch.no_grad():
+        whole = pipe.vqvae.decode_tokens(out.token_maps).add(1).mul(0.5)
+    torch.testing.assert_close(out.images, whole, atol=1e-5, rtol=0)

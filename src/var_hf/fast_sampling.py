@@ -172,10 +172,15 @@ def fast_decoding(device: torch.device):
         torch.backends.cudnn.benchmark = previous
 
 
-def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config) -> int:
-    """Rough peak memory of sampling one image (with CFG): its share of the KV cache plus the transient tensors of
-    the last, largest scale (the concatenated keys/values of one layer, the MLP hidden, logits and the sampler's
-    copies), plus the decoder's largest activations. An estimate for chunking, not an exact figure."""
+# The pipeline decodes at most this many images at a time, so the decoder's memory does not grow with the batch.
+DECODE_BATCH_SIZE = 16
+
+
+def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config=None) -> int:
+    """Estimated peak memory of sampling one image with CFG: its share of the KV cache (which stays allocated) plus
+    the transient tensors of the last, largest scale (one layer's concatenated keys/values, the MLP hidden, float32
+    logits and the sampler's copies). Decoding runs afterwards in batches of `DECODE_BATCH_SIZE` and is not counted.
+    An estimate for chunking; `VARPipeline` halves the chunk and retries if a batch still runs out of memory."""
     config = transformer.config
     item = next(transformer.parameters()).element_size()
     rows, C, V = 2, config.embed_dim, config.vocab_size
@@ -183,9 +188,7 @@ def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config) -> int:
     cache = rows * config.depth * 2 * (config.seq_len - last) * C * item
     last_scale = rows * (2 * config.seq_len * C + 2 * last * round(C * config.mlp_ratio)) * item
     sampling = rows * last * V * 4 + 5 * last * V * 4
-    res = vqvae_config.image_size
-    decoder = 3 * vqvae_config.base_channels * max(vqvae_config.channel_multipliers[:2]) * res * res * item
-    return int(1.15 * (cache + last_scale + sampling + decoder))
+    return int(1.05 * (cache + last_scale + sampling))
 
 
 def max_batch_for_memory(transformer: VARTransformer, vqvae_config, device: torch.device) -> Optional[int]:
@@ -194,10 +197,11 @@ def max_batch_for_memory(transformer: VARTransformer, vqvae_config, device: torc
     if device.type != "cuda":
         return None
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    return max(1, int(0.9 * free_bytes) // sampling_bytes_per_image(transformer, vqvae_config))
+    return max(1, int(0.95 * free_bytes) // sampling_bytes_per_image(transformer, vqvae_config))
 
 
 __all__ = [
+    "DECODE_BATCH_SIZE",
     "StaticScaleRunner",
     "StaticScaleRunners",
     "fast_decoding",
