@@ -334,8 +334,9 @@ class VARPipeline(DiffusionPipeline):
                 (exact ties in the logits aside); for bf16 speed load the pipeline with `dtype=torch.bfloat16`.
             max_batch_size (`int`, *optional*):
                 Sample in chunks of at most this many images. `None`: on CUDA, as many as the free memory should
-                hold (an estimate); elsewhere all at once. With one generator the draws depend on the chunking; with
-                one generator per image they do not.
+                hold (an estimate; a chunk that still runs out of memory is retried at half the size from rewound
+                generators); elsewhere all at once. With one generator the draws depend on the chunking; with one
+                generator per image they do not.
         """
         labels = self.get_label_ids(class_labels)
         if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
