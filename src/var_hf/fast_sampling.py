@@ -119,6 +119,8 @@ class StaticScaleRunner:
         if self.graphs[scale_index] is None:
             try:
                 self._capture(scale_index)
+            except torch.OutOfMemoryError:
+                raise  # not a capture problem: the pipeline retries with a smaller batch
             except RuntimeError as err:
                 # Same numbers either way; a capture failure (an unsupported kernel, a driver limit) only costs speed,
                 # so it is reported and this runner continues without graphs rather than failing the call.
