@@ -278,3 +278,18 @@ def test_decoding_in_sub_batches_matches_one_decode(pipe):
     with torch.no_grad():
         whole = pipe.vqvae.decode_tokens(out.token_maps).add(1).mul(0.5)
     torch.testing.assert_close(out.images, whole, atol=1e-5, rtol=0)
+
+
+def test_out_of_memory_during_capture_is_not_a_capture_failure(pipe, monkeypatch):
+    runner = StaticScaleRunner(pipe.transformer, batch_size=2, use_cuda_graphs=False)
+    runner.use_cuda_graphs = True
+
+    def out_of_memory(scale_index):
+        raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+
+    monkeypatch.setattr(runner, "_capture", out_of_memory)
+    cond = pipe.transformer.embed_class(torch.tensor([1, 5]))
+    runner.set_condition(cond)
+    with torch.no_grad(), pytest.raises(torch.OutOfMemoryError):
+        runner.run(0, pipe.transformer.embed_first_scale(cond))
+    assert runner.use_cuda_graphs  # left to the pipeline's smaller-batch retry
