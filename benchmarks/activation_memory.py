@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-from bench_var import configs
+from bench_var import configs, random_training_batch
 from var_hf import VARTransformer
 from var_hf.modeling_var import _selective_checkpoint_policy
 
@@ -74,10 +74,7 @@ def build(model_name: str, variant: str, device, memory_factory):
 def forward_memory(model_name: str, variant: str, batch_size: int, device) -> int:
     """Bytes one forward (with loss) leaves for backward; runs the backward afterwards to check the step works."""
     config, transformer, model, memory = build(model_name, variant, device, ForwardMemory)
-    g = torch.Generator().manual_seed(1)
-    gt_BL = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
-    tf_input = torch.randn(batch_size, config.seq_len - config.first_len, config.vq_embed_dim, generator=g).to(device)
-    labels_B = torch.randint(0, config.num_classes, (batch_size,), generator=g).to(device)
+    labels_B, tf_input, gt_BL = random_training_batch(config, batch_size, device)
 
     def forward():
         with torch.autocast(device.type, dtype=torch.bfloat16):

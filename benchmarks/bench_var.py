@@ -176,6 +176,15 @@ def train_step_fn(transformer: VARTransformer, labels_B, tf_input, gt_BL, optimi
     return step
 
 
+def random_training_batch(config: VARTransformerConfig, batch_size: int, device):
+    """Seeded random (class labels (B,), teacher-forcing input (B, L - first_len, C_vq), target tokens (B, L))."""
+    g = torch.Generator().manual_seed(1)
+    gt_BL = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
+    tf_input = torch.randn(batch_size, config.seq_len - config.first_len, config.vq_embed_dim, generator=g).to(device)
+    labels_B = torch.randint(0, config.num_classes, (batch_size,), generator=g).to(device)
+    return labels_B, tf_input, gt_BL
+
+
 def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
     """One AdamW step on random tokens: eager (plain, the reference's structure) vs selective activation checkpointing
     plus torch.compile (fast; compiled when `compile_fast`); same weights, same loss. Activation memory per image on
@@ -189,10 +198,7 @@ def bench_training(model, device, B, repeats, compile_fast: bool, peak_tflops):
         if fast:
             transformer.enable_selective_checkpointing()
         optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, fused=device.type == "cuda")
-        g = torch.Generator().manual_seed(1)
-        gt_BL = torch.randint(0, config.vocab_size, (B, config.seq_len), generator=g).to(device)
-        tf_input = torch.randn(B, config.seq_len - config.first_len, config.vq_embed_dim, generator=g).to(device)
-        labels_B = torch.randint(0, config.num_classes, (B,), generator=g).to(device)
+        labels_B, tf_input, gt_BL = random_training_batch(config, B, device)
         module = torch.compile(transformer) if (fast and compile_fast) else transformer
         step = train_step_fn(module, labels_B, tf_input, gt_BL, optimizer)
         with torch.no_grad(), autocast_for(device):

@@ -12,13 +12,9 @@ from var_hf.fast_sampling import (
     resolve_fast_path,
     sampling_bytes_per_image,
 )
-from test_pipeline_var import make_pipeline
+from test_pipeline_var import gen, make_pipeline
 
 TOP_K = 10  # below the tiny vocabulary (32), so the sort-free filter does its own work instead of falling back
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
