@@ -98,6 +98,36 @@ class VARKVCache:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# The pointwise-heavy pieces of a block, as functions of tensors only, so that `VARTransformer.compile_blocks` can hand
+# them to torch.compile once for all blocks and scales (dynamic shapes, no module guards). Eager, they are exactly the
+# operations the block would otherwise run inline.
+
+
+def modulated_layer_norm(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float) -> torch.Tensor:
+    """AdaLN: LayerNorm without affine parameters, then `x * (1 + scale) + shift`."""
+    return F.layer_norm(x_BLC, (x_BLC.shape[-1],), eps=eps).mul(scale_B1C.add(1)).add_(shift_B1C)
+
+
+def gated_residual(x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
+    return x_BLC + update_BLC.mul(gamma_B1C)
+
+
+def mlp_forward(x_BLC, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> torch.Tensor:
+    return F.linear(F.gelu(F.linear(x_BLC, fc1_weight, fc1_bias), approximate="tanh"), fc2_weight, fc2_bias)
+
+
+@dataclass(frozen=True)
+class BlockOps:
+    """The functions a block calls for its pointwise pieces: eager by default, compiled after `compile_blocks`."""
+
+    modulated_layer_norm: Callable = modulated_layer_norm
+    gated_residual: Callable = gated_residual
+    mlp: Callable = mlp_forward
+
+
+EAGER_BLOCK_OPS = BlockOps()
+
+
 class VARAttention(nn.Module):
     """Multi-head self-attention with q and v biases (k has none) and, optionally, L2-normalised q/k with a learned
     per-head temperature (the reference's `attn_l2_norm`)."""
@@ -152,12 +182,13 @@ class VARMLP(nn.Module):
         super().__init__()
         hidden = round(config.embed_dim * config.mlp_ratio)
         self.fc1 = nn.Linear(config.embed_dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, config.embed_dim)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(hidden_states))))
+    def forward(self, hidden_states: torch.Tensor, mlp_fn: Optional[Callable] = None) -> torch.Tensor:
+        """fc1, GELU (tanh), fc2 through `mlp_fn` (`mlp_forward`, or its compiled version), then dropout."""
+        mlp_fn = mlp_fn or mlp_forward
+        return self.drop(mlp_fn(hidden_states, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias))
 
 
 class AdaLNModulation(nn.Module):
@@ -170,36 +201,6 @@ class AdaLNModulation(nn.Module):
 
     def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
         return self.linear(F.silu(cond_BD)).view(-1, 1, self.num_chunks, self.embed_dim)
-
-
-# The pointwise-heavy pieces of a block, as functions of tensors only, so that `VARTransformer.compile_blocks` can hand
-# them to torch.compile once for all blocks and scales (dynamic shapes, no module guards). Eager, they are exactly the
-# operations the block would otherwise run inline.
-
-
-def modulated_layer_norm(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float) -> torch.Tensor:
-    """AdaLN: LayerNorm without affine parameters, then `x * (1 + scale) + shift`."""
-    return F.layer_norm(x_BLC, (x_BLC.shape[-1],), eps=eps).mul(scale_B1C.add(1)).add_(shift_B1C)
-
-
-def gated_residual(x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
-    return x_BLC + update_BLC.mul(gamma_B1C)
-
-
-def mlp_forward(x_BLC, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> torch.Tensor:
-    return F.linear(F.gelu(F.linear(x_BLC, fc1_weight, fc1_bias), approximate="tanh"), fc2_weight, fc2_bias)
-
-
-@dataclass(frozen=True)
-class BlockOps:
-    """The functions a block calls for its pointwise pieces: eager by default, compiled after `compile_blocks`."""
-
-    modulated_layer_norm: Callable = modulated_layer_norm
-    gated_residual: Callable = gated_residual
-    mlp: Callable = mlp_forward
-
-
-EAGER_BLOCK_OPS = BlockOps()
 
 
 # Selective activation checkpointing: a block keeps the outputs of its matrix products and attention (expensive to
@@ -262,12 +263,6 @@ class VARBlock(GradientCheckpointingLayer):
             return x_BLC + drop_path(update_BLC.mul(gamma_B1C), self.drop_path_rate, True)
         return self.ops.gated_residual(x_BLC, update_BLC, gamma_B1C)
 
-    def _mlp(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        if self.training and isinstance(self.mlp.drop, nn.Dropout):
-            return self.mlp(x_BLC)
-        mlp = self.mlp
-        return self.ops.mlp(x_BLC, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
-
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -281,7 +276,7 @@ class VARBlock(GradientCheckpointingLayer):
         attn_in = self.ops.modulated_layer_norm(hidden_states, scale1, shift1, self.ln.eps)
         attn_out = self.attn(attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx)
         hidden_states = self._residual(hidden_states, attn_out, gamma1)
-        mlp_out = self._mlp(self.ops.modulated_layer_norm(hidden_states, scale2, shift2, self.ln.eps))
+        mlp_out = self.mlp(self.ops.modulated_layer_norm(hidden_states, scale2, shift2, self.ln.eps), self.ops.mlp)
         return self._residual(hidden_states, mlp_out, gamma2)
 
 
