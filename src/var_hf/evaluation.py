@@ -1041,11 +1041,7 @@ def compute_sample_metrics(
         `(metrics, details)`: the numbers and how each was obtained (written to the metrics JSON).
     """
     is_inception = isinstance(extractor, InceptionV3FeatureExtractor)
-    spatial = None
-    if is_inception:
-        features, logits, spatial = extract_features(extractor, images, batch_size, spatial=True)
-    else:
-        features, logits = extract_features(extractor, images, batch_size)
+    features, logits, spatial = _all_features(extractor, images, batch_size)
     results: Dict[str, float] = {"inception_score": metrics.inception_score(metrics.softmax(logits), is_split_size)}
     details: Dict[str, Any] = {"num_samples": int(len(images)), "is_split_size": is_split_size}
     if isinstance(extractor, DomainClassifier):
@@ -1080,6 +1076,13 @@ def compute_sample_metrics(
     return results, details
 
 
+def _all_features(extractor, images, batch_size: int):
+    """(features, logits, sFID features or None): the sFID features are extracted with the InceptionV3 only."""
+    if isinstance(extractor, InceptionV3FeatureExtractor):
+        return extract_features(extractor, images, batch_size, spatial=True)
+    return (*extract_features(extractor, images, batch_size), None)
+
+
 def _reference_features(
     reference: Reference, extractor, batch_size: int, cache: Optional[str]
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -1095,10 +1098,7 @@ def _reference_features(
             if str(npz["key"]) == key:
                 logger.info(f"Reusing reference features from {cache}.")
                 return npz["features"], (npz["spatial"] if spatial else None)
-    if spatial:
-        features, _, spatial_features = extract_features(extractor, reference.images, batch_size, spatial=True)
-    else:
-        (features, _), spatial_features = extract_features(extractor, reference.images, batch_size), None
+    features, _, spatial_features = _all_features(extractor, reference.images, batch_size)
     if cache is not None:
         arrays = {"features": features} if spatial_features is None else {"features": features, "spatial": spatial_features}
         _save_npz_atomically(cache, key=np.array(key), **arrays)
