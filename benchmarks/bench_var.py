@@ -7,7 +7,8 @@ Plain path (the baseline): an eager loop structured like the reference's `autore
 under bf16 autocast on CUDA, the KV cache grown by concatenation at every scale with the last scale cached too, the
 vocabulary sorted for top-p, and the decoder run eagerly under autocast. Fast path: `VARPipeline(fast_path=True)`
 with bf16 weights on CUDA (float32 on CPU): per-scale CUDA graphs on a pre-allocated cache without the last scale,
-sort-free top-k/top-p, channels-last decoding with cuDNN autotuning. Training step: eager under bf16 autocast (plain)
+sort-free top-k/top-p, and the opt-in channels-last VQVAE (`vqvae.to(memory_format=torch.channels_last)`: decoding
+with cuDNN autotuning; rounds differently from the reference's layout, so it is not the pipeline's default). Training step: eager under bf16 autocast (plain)
 vs selective activation checkpointing and torch.compile (fast; compiled on CUDA by default).
 
 `--compile-blocks` adds `VARTransformer.compile_blocks()` (torch.compile of the blocks' pointwise pieces) to the
@@ -250,6 +251,7 @@ def main(argv=None):
         fast_pipe = build(model, device, fast_dtype)
         fast_pipe.transformer.load_state_dict(plain_pipe.transformer.state_dict())
         fast_pipe.vqvae.load_state_dict(plain_pipe.vqvae.state_dict())
+        fast_pipe.vqvae.to(memory_format=torch.channels_last)  # the opt-in fast decoding (not the reference's rounding)
         if args.compile_blocks:
             fast_pipe.transformer.compile_blocks()
         num_classes = plain_pipe.transformer.config.num_classes
@@ -273,7 +275,7 @@ def main(argv=None):
 
         def decode_fast():
             with torch.no_grad():
-                fast_pipe.decode_latents(f_hat.to(fast_dtype), fast=True)
+                fast_pipe.decode_latents(f_hat.to(fast_dtype))
 
         row(f"{model} decode", decode_batch, timed_or_oom(decode_plain, device, args.repeats),
             timed_or_oom(decode_fast, device, args.repeats), decode_flops, peak)

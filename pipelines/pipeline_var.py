@@ -28,6 +28,7 @@ from ..fast_sampling import (
     DECODE_BATCH_SIZE,
     StaticScaleRunners,
     fast_decoding,
+    is_channels_last,
     max_batch_for_memory,
     resolve_fast_path,
 )
@@ -380,7 +381,10 @@ class VARPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = f_hat
         else:
-            images = self.image_processor.postprocess(self.decode_latents(f_hat, fast), output_type=output_type)
+            images_B3HW = self.decode_latents(f_hat)
+            images = self.image_processor.postprocess(
+                images_B3HW, output_type=output_type, do_denormalize=[False] * images_B3HW.shape[0]
+            )
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, token_maps
@@ -437,18 +441,24 @@ class VARPipeline(DiffusionPipeline):
         """Free the fast path's pre-allocated caches and captured CUDA graphs (they are kept between calls)."""
         self._runners.clear()
 
-    def decode_latents(self, f_hat: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [-1, 1], `DECODE_BATCH_SIZE` at a time so the decoder's
-        memory does not grow with the batch; `fast`: channels-last with cuDNN autotuning (same dtype as the VQVAE, so
-        numerics only move by convolution algorithm choice)."""
+    def decode_latents(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [0, 1], `DECODE_BATCH_SIZE` at a time so the decoder's
+        memory does not grow with the batch.
+
+        [-1, 1] -> [0, 1] is done in the decoder's output dtype before the cast to float32, as the reference's
+        `fhat_to_img(...).add_(1).mul_(0.5)` is: under autocast its images are then the reference's to the bit.
+        Decoding runs in the layout of the VQVAE's weights: after `pipe.vqvae.to(memory_format=torch.channels_last)`
+        (opt-in, as in diffusers) it runs channels-last with cuDNN autotuning, faster on GPUs but rounded by other
+        convolution algorithms than the reference's."""
+        channels_last = is_channels_last(self.vqvae)
         images = []
         for f_hat_part in f_hat.split(DECODE_BATCH_SIZE):
-            if not fast:
-                images.append(self.vqvae.decode(f_hat_part).float())
-                continue
-            with fast_decoding(f_hat.device):
-                part = self.vqvae.decode(f_hat_part.contiguous(memory_format=torch.channels_last))
-            images.append(part.float().contiguous())
+            if channels_last:
+                with fast_decoding(f_hat.device):
+                    part = self.vqvae.decode(f_hat_part.contiguous(memory_format=torch.channels_last))
+            else:
+                part = self.vqvae.decode(f_hat_part)
+            images.append(part.add_(1).mul_(0.5).float().contiguous())
         return torch.cat(images)
 
     def _sample_chunk(
@@ -507,7 +517,7 @@ class VARPipeline(DiffusionPipeline):
                 tensors = {}
                 for name in callback_on_step_end_tensor_inputs:
                     if name == "image_estimate":
-                        tensors[name] = self.decode_latents(f_hat).add(1).mul(0.5)
+                        tensors[name] = self.decode_latents(f_hat)
                     else:
                         tensors[name] = {"f_hat": f_hat, "token_map": token_map}[name]
                 returned = callback_on_step_end(self, si, si, tensors) or {}

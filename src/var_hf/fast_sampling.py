@@ -1,5 +1,6 @@
 """The fast sampling path of [`VARPipeline`]: static per-scale transformer steps replayed as CUDA graphs, a sort-free
-top-k/top-p (in the scheduler), channels-last decoding with cuDNN autotuning, and batch chunking by free memory.
+top-k/top-p (in the scheduler) and batch chunking by free memory; plus the opt-in channels-last decoding with cuDNN
+autotuning.
 
 Why it stays exact: VAR's shapes are static per scale (scale k always has pn_k^2 tokens attending to the same cache
 prefix), so each scale's transformer step can be captured once as a CUDA graph on buffers that never move. A replay
@@ -160,9 +161,18 @@ class StaticScaleRunners:
         self.runners.clear()
 
 
+def is_channels_last(vqvae) -> bool:
+    """Whether the user put the VQVAE's weights in channels-last layout (`vqvae.to(memory_format=torch.channels_last)`,
+    the diffusers idiom): the pipeline then decodes channels-last. Not the default, because other convolution
+    algorithms round differently from the reference's."""
+    return vqvae.post_quant_conv.weight.is_contiguous(memory_format=torch.channels_last) and not (
+        vqvae.post_quant_conv.weight.is_contiguous()
+    )
+
+
 @contextlib.contextmanager
 def fast_decoding(device: torch.device):
-    """cuDNN autotuning for the decoder's convolutions (restored on exit); used with channels-last inputs."""
+    """cuDNN autotuning for the decoder's convolutions (restored on exit); used with channels-last weights."""
     if torch.device(device).type != "cuda":
         yield
         return
@@ -207,6 +217,7 @@ __all__ = [
     "StaticScaleRunner",
     "StaticScaleRunners",
     "fast_decoding",
+    "is_channels_last",
     "max_batch_for_memory",
     "resolve_fast_path",
     "sampling_bytes_per_image",

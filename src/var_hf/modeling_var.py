@@ -108,8 +108,14 @@ def modulated_layer_norm(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C
     return F.layer_norm(x_BLC, (x_BLC.shape[-1],), eps=eps).mul(scale_B1C.add(1)).add_(shift_B1C)
 
 
-def gated_residual(x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
-    return x_BLC + update_BLC.mul(gamma_B1C)
+def gated_residual(
+    x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor, keep_update_dtype: bool = False
+) -> torch.Tensor:
+    """`x + update * gamma`. With `keep_update_dtype` the product is rounded to the update's dtype first, as the
+    reference's in-place `mul_` of the attention output does: under autocast with float32 gates (shared AdaLN) that
+    is a bf16/fp16 rounding the images depend on. No-op when the dtypes agree."""
+    gated_BLC = update_BLC.mul(gamma_B1C)
+    return x_BLC + (gated_BLC.to(update_BLC.dtype) if keep_update_dtype else gated_BLC)
 
 
 def mlp_forward(x_BLC, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> torch.Tensor:
@@ -258,10 +264,14 @@ class VARBlock(GradientCheckpointingLayer):
             self.adaln = AdaLNModulation(config.embed_dim, config.embed_dim, 6)
         self.ops = EAGER_BLOCK_OPS
 
-    def _residual(self, x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
+    def _residual(
+        self, x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor, keep_update_dtype: bool
+    ) -> torch.Tensor:
         if self.training and self.drop_path_rate > 0:
-            return x_BLC + drop_path(update_BLC.mul(gamma_B1C), self.drop_path_rate, True)
-        return self.ops.gated_residual(x_BLC, update_BLC, gamma_B1C)
+            gated_BLC = update_BLC.mul(gamma_B1C)
+            gated_BLC = gated_BLC.to(update_BLC.dtype) if keep_update_dtype else gated_BLC
+            return x_BLC + drop_path(gated_BLC, self.drop_path_rate, True)
+        return self.ops.gated_residual(x_BLC, update_BLC, gamma_B1C, keep_update_dtype)
 
     def forward(
         self,
@@ -275,9 +285,10 @@ class VARBlock(GradientCheckpointingLayer):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation_B16C.unbind(2)  # each (B, 1, C)
         attn_in = self.ops.modulated_layer_norm(hidden_states, scale1, shift1, self.ln.eps)
         attn_out = self.attn(attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx)
-        hidden_states = self._residual(hidden_states, attn_out, gamma1)
+        # The reference gates the attention output in place (its dtype kept) and the MLP output out of place.
+        hidden_states = self._residual(hidden_states, attn_out, gamma1, keep_update_dtype=True)
         mlp_out = self.mlp(self.ops.modulated_layer_norm(hidden_states, scale2, shift2, self.ln.eps), self.ops.mlp)
-        return self._residual(hidden_states, mlp_out, gamma2)
+        return self._residual(hidden_states, mlp_out, gamma2, keep_update_dtype=False)
 
 
 class AdaLNBeforeHead(nn.Module):

@@ -56,7 +56,12 @@ class VQVAEResnetBlock(nn.Module):
 
 
 class VQVAEAttnBlock(nn.Module):
-    """Single-head self-attention over all spatial positions, with a fused 1x1 qkv convolution."""
+    """Single-head self-attention over all spatial positions, with a fused 1x1 qkv convolution.
+
+    Written as explicit `bmm` + softmax + `bmm` on the same memory layouts as the reference, not as
+    `scaled_dot_product_attention`: at the tokenizer's sizes (at most 32 x 32 positions) the cost is the same, and
+    the images then match the reference's bit for bit in float32 and under autocast (an SDPA kernel rounds
+    differently, up to 0.13 on random bf16-autocast weights)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -67,11 +72,15 @@ class VQVAEAttnBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         B, C, H, W = hidden_states.shape
-        qkv_B3CN = self.qkv(self.norm(hidden_states)).reshape(B, 3, C, H * W)
-        q_B1NC, k_B1NC, v_B1NC = (t.transpose(1, 2).unsqueeze(1) for t in qkv_B3CN.unbind(1))
-        out_BNC = F.scaled_dot_product_attention(q_B1NC, k_B1NC, v_B1NC).squeeze(1)
-        out_BCHW = out_BNC.transpose(1, 2).reshape(B, C, H, W)
-        return hidden_states + self.proj_out(out_BCHW)
+        q_BCN, k_BCN, v_BCN = (
+            t.reshape(B, C, H * W).contiguous()
+            for t in self.qkv(self.norm(hidden_states)).reshape(B, 3, C, H, W).unbind(1)
+        )
+        weights_BNN = torch.bmm(q_BCN.transpose(1, 2).contiguous(), k_BCN).mul_(int(C) ** -0.5)
+        weights_BNN = F.softmax(weights_BNN, dim=2)
+        # out[b, c, j] = sum_i v[b, c, i] * weights[b, j, i]
+        out_BCN = torch.bmm(v_BCN, weights_BNN.transpose(1, 2).contiguous())
+        return hidden_states + self.proj_out(out_BCN.reshape(B, C, H, W).contiguous())
 
 
 class VQVAEDownsample(nn.Module):
@@ -341,7 +350,10 @@ class MultiScaleQuantizer(nn.Module):
         """One sampling step: add scale k's codes (B, C, pn_k, pn_k) to f_hat in place; return f_hat and the input
         of scale k+1, area-downsampled (B, C, pn_{k+1}, pn_{k+1}); after the last scale both are f_hat."""
         last = self.num_scales - 1
-        h_BChw = h_BChw.to(self.codebook.weight.dtype)  # smoothed codes come in float32
+        if not torch.is_autocast_enabled(h_BChw.device.type):
+            # Smoothed codes come in float32 even for a bf16 model. Under autocast they are left as they come (bf16
+            # from the smoothing matmul), as in the reference, whose interpolation and phi then run in that dtype.
+            h_BChw = h_BChw.to(self.codebook.weight.dtype)
         if scale_index != last:
             H = W = self.patch_nums[-1]
             f_hat_BChw.add_(self.apply_phi(scale_index, F.interpolate(h_BChw, size=(H, W), mode="bicubic")))
