@@ -330,9 +330,11 @@ class VARPipeline(DiffusionPipeline):
                 replaces the running one. With chunking, called for every chunk.
             fast_path (`bool`, *optional*):
                 The fast path (see `docs/performance.md`): per-scale CUDA graphs on static buffers, sort-free
-                top-k/top-p, channels-last decoding with cuDNN autotuning. `None` (default) turns it on exactly when
-                the pipeline runs on CUDA. In float32 it draws the same tokens as `fast_path=False` for the same seed
-                (exact ties in the logits aside); for bf16 speed load the pipeline with `dtype=torch.bfloat16`.
+                top-k/top-p, no per-scale host syncs. `None` (default) turns it on exactly when the pipeline runs on
+                CUDA. It gives the tokens and images of `fast_path=False` for the same seed, in any dtype and under
+                autocast (exact ties in the logits aside); for bf16 speed load the pipeline with
+                `dtype=torch.bfloat16`. Faster, inexact decoding is a separate opt-in: `pipe.vqvae.to(memory_format=
+                torch.channels_last)`.
             max_batch_size (`int`, *optional*):
                 Sample in chunks of at most this many images. `None`: on CUDA, as many as the free memory should
                 hold (an estimate; a chunk that still runs out of memory is retried at half the size from rewound

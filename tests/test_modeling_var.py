@@ -418,3 +418,25 @@ def test_selective_checkpointing_compiles_without_graph_breaks(make_model):
         run(class_labels, tf_input, labels=labels).loss.backward()
         grads.append(model.blocks[1].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_attention_gate_rounds_like_an_in_place_mul_under_autocast(make_model):
+    """The reference gates the attention output in place (`attn(...).mul_(gamma1)`), which keeps the output's bf16
+    under autocast even where the gates are float32 (shared AdaLN adds a float32 table); the MLP output is gated out
+    of place and promotes. Images under autocast depend on that rounding."""
+    model = make_model(shared_aln=True)
+    block, C = model.blocks[0], model.config.embed_dim
+    hidden_BLC = torch.randn(2, 5, C, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cond = model.condition_for_blocks(model.embed_class(torch.tensor([0, 1])))
+        got = block(hidden_BLC, cond)
+
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (block.adaln_table + cond).unbind(2)
+        attn_out = block.attn(F.layer_norm(hidden_BLC, (C,), eps=block.ln.eps).mul(scale1.add(1)).add_(shift1))
+        assert attn_out.dtype == torch.bfloat16 and gamma1.dtype == torch.float32  # the case that matters
+        promoted = hidden_BLC + attn_out.mul(gamma1)
+        after_attn = hidden_BLC + attn_out.clone().mul_(gamma1)
+        mlp_in = F.layer_norm(after_attn, (C,), eps=block.ln.eps).mul(scale2.add(1)).add_(shift2)
+        expected = after_attn + block.mlp(mlp_in).mul(gamma2)
+    assert torch.equal(got, expected)
+    assert not torch.equal(after_attn, promoted)  # the rounding is visible here, so the check above can fail

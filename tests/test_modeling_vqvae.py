@@ -8,7 +8,8 @@ from transformers import AutoModel
 
 import var_hf
 from var_hf import MultiScaleVQVAE, MultiScaleVQVAEConfig
-from var_hf.modeling_vqvae import phi_index_for_scale
+from var_hf.modeling_vqvae import VQVAEAttnBlock, phi_index_for_scale
+from conftest import perturb_
 
 
 @pytest.fixture
@@ -270,3 +271,54 @@ def test_bad_token_maps(vqvae, pixel_values):
         vqvae.decode_tokens([tokens[0], tokens[1][:, :3], tokens[2]])
     with pytest.raises(ValueError, match="token map 2"):
         vqvae.decode_tokens([tokens[0], tokens[1], tokens[2].view(2, 4, 4)])
+
+
+def _attention_inputs(seed=0):
+    torch.manual_seed(seed)
+    block = perturb_(VQVAEAttnBlock(32), std=0.3).eval()
+    hidden_BCHW = torch.randn(2, 32, 4, 5, generator=torch.Generator().manual_seed(seed))
+    return block, hidden_BCHW
+
+
+def _sdpa_attention(block, hidden_BCHW):
+    B, C, H, W = hidden_BCHW.shape
+    q, k, v = (t.flatten(2).transpose(1, 2) for t in block.qkv(block.norm(hidden_BCHW)).chunk(3, dim=1))
+    out_BNC = F.scaled_dot_product_attention(q, k, v)
+    return hidden_BCHW + block.proj_out(out_BNC.transpose(1, 2).reshape(B, C, H, W))
+
+
+def test_tokenizer_attention_is_softmax_attention_over_positions():
+    block, hidden_BCHW = _attention_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(block(hidden_BCHW), _sdpa_attention(block, hidden_BCHW), atol=1e-5, rtol=0)
+
+
+def test_tokenizer_attention_keeps_the_references_operation_order_under_autocast():
+    """The reference computes `bmm(q^T, k) * C^-0.5`, softmax, `bmm(v, w^T)`; under autocast each product is rounded
+    to bf16 where it happens, so only that order gives its images (an SDPA kernel rounds elsewhere)."""
+    block, hidden_BCHW = _attention_inputs(1)
+    B, C, H, W = hidden_BCHW.shape
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = block(hidden_BCHW)
+        q, k, v = (t.reshape(B, C, H * W) for t in block.qkv(block.norm(hidden_BCHW)).chunk(3, dim=1))
+        weights = torch.bmm(q.permute(0, 2, 1).contiguous(), k.contiguous()).mul_(C ** -0.5).softmax(dim=2)
+        out = torch.bmm(v.contiguous(), weights.permute(0, 2, 1).contiguous())
+        expected = hidden_BCHW + block.proj_out(out.reshape(B, C, H, W))
+        sdpa = _sdpa_attention(block, hidden_BCHW)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, sdpa)  # the order is visible at this precision, so the check above can fail
+
+
+def test_sampling_step_keeps_the_dtype_of_smoothed_codes_under_autocast(vqvae):
+    """Smoothed codes come out of a matmul, bf16 under autocast; the reference upsamples and convolves them in that
+    dtype. Without autocast they are cast to the model's dtype (a bf16 model gets float32 smoothed codes)."""
+    h_BChw = torch.randn(2, 8, 2, 2, generator=torch.Generator().manual_seed(0)).bfloat16()
+    f_hat = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = vqvae.next_scale_input(1, f_hat.clone(), h_BChw)
+            expected = f_hat.clone().add_(vqvae.quantizer.apply_phi(1, F.interpolate(h_BChw, size=(4, 4), mode="bicubic")))
+            upcast = f_hat.clone().add_(vqvae.quantizer.apply_phi(1, F.interpolate(h_BChw.float(), size=(4, 4), mode="bicubic")))
+        plain, _ = vqvae.next_scale_input(1, f_hat.clone(), h_BChw)
+    assert torch.equal(got, expected) and not torch.equal(got, upcast)
+    torch.testing.assert_close(plain, f_hat + vqvae.quantizer.apply_phi(1, F.interpolate(h_BChw.float(), size=(4, 4), mode="bicubic")))

@@ -25,6 +25,14 @@ from .modeling_var import VARTransformer
 logger = logging.get_logger(__name__)
 
 
+def autocast_state(device: torch.device) -> Tuple[bool, Optional[torch.dtype]]:
+    """(enabled, dtype) of autocast for the device's type, as the current code would run under it."""
+    device_type = torch.device(device).type
+    if not torch.is_autocast_enabled(device_type):
+        return (False, None)
+    return (True, torch.get_autocast_dtype(device_type))
+
+
 def resolve_fast_path(fast_path: Optional[bool], device: torch.device) -> bool:
     """`None` -> on for CUDA, off elsewhere; `True`/`False` are taken as given."""
     if fast_path is None:
@@ -76,6 +84,8 @@ class StaticScaleRunner:
         if use_cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the transformer on a CUDA device, it is on {self.device}.")
         self.transformer, self.batch_size, self.use_cuda_graphs = transformer, batch_size, use_cuda_graphs
+        # A graph replays the casts it captured, so a runner belongs to the autocast state it was made under.
+        self.autocast = autocast_state(self.device)
         self.scale_begins = [begin for begin, _ in config.scale_boundaries]
         head_dim = config.embed_dim // config.num_heads
         self.kv_cache = transformer.new_kv_cache().allocate(batch_size, config.num_heads, head_dim, self.dtype, self.device)
@@ -100,14 +110,23 @@ class StaticScaleRunner:
         with torch.cuda.device(self.device):  # capture records on the current device; the model may be on another
             self._capture_on_current_device(scale_index)
 
+    def _no_autocast_cache(self):
+        # Under the caller's autocast, casts of the weights are cached and freed when the outermost autocast exits; a
+        # graph that read such a cached copy would replay on freed memory. Without the cache the casts are recorded
+        # in the graph itself (same values: the cache only avoids repeating them).
+        enabled, dtype = self.autocast
+        if not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=False)
+
     def _capture_on_current_device(self, scale_index: int):
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up outside capture: lazy cuBLAS/cuDNN set-up must not be recorded
-            self._step(scale_index)
+        with torch.cuda.stream(side), self._no_autocast_cache():
+            self._step(scale_index)  # warm-up outside capture: lazy cuBLAS/cuDNN set-up must not be recorded
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool), self._no_autocast_cache():
             self.logits_BlV[scale_index] = self._step(scale_index)
         self.pool = graph.pool() if self.pool is None else self.pool
         self.graphs[scale_index] = graph
@@ -144,7 +163,9 @@ class StaticScaleRunners:
     def get(self, transformer: VARTransformer, batch_size: int, use_cuda_graphs: bool) -> StaticScaleRunner:
         param = next(transformer.parameters())
         # The weights' address is part of the key: graphs hold pointers, so a moved or reloaded model needs new ones.
-        key = (id(transformer), batch_size, param.dtype, param.device, param.data_ptr(), use_cuda_graphs)
+        # So is the caller's autocast state: a replay repeats the casts of its capture.
+        key = (id(transformer), batch_size, param.dtype, param.device, param.data_ptr(), use_cuda_graphs,
+               autocast_state(param.device))
         runner = self.runners.pop(key, None)
         if runner is None:
             while len(self.runners) >= self.max_runners:
@@ -214,6 +235,7 @@ def max_batch_for_memory(transformer: VARTransformer, vqvae_config, device: torc
 
 __all__ = [
     "DECODE_BATCH_SIZE",
+    "autocast_state",
     "StaticScaleRunner",
     "StaticScaleRunners",
     "fast_decoding",
