@@ -31,6 +31,7 @@ from ..fast_sampling import (
     is_channels_last,
     max_batch_for_memory,
     resolve_fast_path,
+    sort_free_filter_matches_reference,
 )
 from ..labels import LabelMap, imagenet_id2label, is_default_id2label
 from ..modeling_var import VARTransformer
@@ -330,10 +331,10 @@ class VARPipeline(DiffusionPipeline):
                 replaces the running one. With chunking, called for every chunk.
             fast_path (`bool`, *optional*):
                 The fast path (see `docs/performance.md`): per-scale CUDA graphs on static buffers, sort-free
-                top-k/top-p, no per-scale host syncs. `None` (default) turns it on exactly when the pipeline runs on
-                CUDA. It gives the tokens and images of `fast_path=False` for the same seed, in any dtype and under
-                autocast (exact ties in the logits aside); for bf16 speed load the pipeline with
-                `dtype=torch.bfloat16`. Faster, inexact decoding is a separate opt-in: `pipe.vqvae.to(memory_format=
+                top-k/top-p (on CUDA), no per-scale host syncs. `None` (default) turns it on exactly when the
+                pipeline runs on CUDA. It gives the tokens and images of `fast_path=False` for the same seed, in any
+                dtype and under autocast, ties in bf16 logits included (for vocabularies of more than 128 codes,
+                whose CUDA sort is stable); for bf16 speed load the pipeline with `dtype=torch.bfloat16`. Faster, inexact decoding is a separate opt-in: `pipe.vqvae.to(memory_format=
                 torch.channels_last)`.
             max_batch_size (`int`, *optional*):
                 Sample in chunks of at most this many images. `None`: on CUDA, as many as the free memory should
@@ -406,15 +407,22 @@ class VARPipeline(DiffusionPipeline):
                 f"Sampling {B} images in {len(chunks)} chunks of at most {chunk_size} (to fit memory). With one "
                 f"generator the draws depend on the chunking; pass one generator per image for chunk-independent results."
             )
+        sort_free = fast and sort_free_filter_matches_reference(self._execution_device)
         f_hats, token_maps_per_chunk = [], []
         with self.progress_bar(total=self.scheduler.num_scales * len(chunks)) as progress:
             for chunk in chunks:
                 chunk_generator = generator[chunk] if isinstance(generator, (list, tuple)) else generator
                 chunk_edit = ([t[chunk] for t in edit[0]], edit[1][chunk]) if edit is not None else None
-                f_hat, chunk_token_maps = self._sample_chunk(
-                    labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator, chunk_edit,
-                    fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                )
+                chunk_args = (labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator,
+                              chunk_edit, fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
+                generator_states = _generator_states(chunk_generator) if sort_free else None
+                f_hat, chunk_token_maps, filter_exact = self._sample_chunk(*chunk_args, sort_free=sort_free)
+                if not filter_exact:
+                    # More logits tied with the k-th largest than the sort-free filter's short list holds (degenerate
+                    # logits): its tokens would not be the reference's, so this chunk is drawn again, sorting.
+                    logger.info("Logits tied beyond the sort-free filter's reach; re-sampling the chunk with sorting.")
+                    _restore_generator_states(chunk_generator, generator_states)
+                    f_hat, chunk_token_maps, _ = self._sample_chunk(*chunk_args, sort_free=False)
                 f_hats.append(f_hat)
                 token_maps_per_chunk.append(chunk_token_maps)
         return torch.cat(f_hats, dim=0), [torch.cat(maps, dim=0) for maps in zip(*token_maps_per_chunk)]
@@ -465,9 +473,10 @@ class VARPipeline(DiffusionPipeline):
 
     def _sample_chunk(
         self, labels, guidance_scale, top_k, top_p, temperature, more_smooth, generator, edit, fast, progress,
-        callback_on_step_end, callback_on_step_end_tensor_inputs,
-    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """The scale loop for one batch: returns the final f_hat (B, C, pn, pn) and the token maps."""
+        callback_on_step_end, callback_on_step_end_tensor_inputs, sort_free: bool = False,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor], bool]:
+        """The scale loop for one batch: returns the final f_hat (B, C, pn, pn), the token maps, and whether the
+        sort-free filter (if used) was exact at every scale."""
         transformer, vqvae, scheduler = self.transformer, self.vqvae, self.scheduler
         device = self._execution_device
         patch_nums = list(scheduler.config.patch_nums)
@@ -486,6 +495,7 @@ class VARPipeline(DiffusionPipeline):
         codebook = vqvae.quantizer.codebook.weight
         token_maps = []
         probabilities_valid = torch.ones((), dtype=torch.bool, device=device)  # read once at the end (fast path)
+        filter_exact = torch.ones((), dtype=torch.bool, device=device)  # likewise
 
         for si, pn in enumerate(patch_nums):
             if fast:
@@ -495,10 +505,12 @@ class VARPipeline(DiffusionPipeline):
             logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], si, guidance_scale)
             step = scheduler.step(
                 logits_BlV, si, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature,
-                more_smooth=more_smooth, codebook=codebook, sort_free=fast, sync_free=fast,
+                more_smooth=more_smooth, codebook=codebook, sort_free=sort_free, sync_free=fast,
             )
             if step.probabilities_valid is not None:
                 probabilities_valid = probabilities_valid & step.probabilities_valid
+            if step.filter_exact is not None:
+                filter_exact = filter_exact & step.filter_exact
             token_map = step.token_map
             h_BlC = step.smoothed_embeddings if more_smooth else vqvae.embed_tokens(token_map)
             h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
@@ -532,7 +544,7 @@ class VARPipeline(DiffusionPipeline):
                 "raised 'probability tensor contains either inf, nan or element < 0'). Check the weights, or run in "
                 "float32 / with fast_path=False to find the scale where it happens."
             )
-        return f_hat, token_maps
+        return f_hat, token_maps, bool(filter_exact) if sort_free else True
 
 
 def _generator_states(generator) -> Optional[List[torch.Tensor]]:

@@ -4,7 +4,7 @@ filtering, chunking by batch size, and the rule that picks the path. GPU timings
 import pytest
 import torch
 
-from var_hf import VARKVCache, VARScaleScheduler
+from var_hf import VARKVCache, VARPipeline, VARScaleScheduler
 from var_hf.fast_sampling import (
     StaticScaleRunner,
     StaticScaleRunners,
@@ -338,3 +338,63 @@ def test_images_reach_unit_range_in_the_decoders_dtype(pipe):
     assert decoded.dtype == torch.bfloat16
     assert torch.equal(images, decoded.add(1).mul(0.5).float())
     assert not torch.equal(images, decoded.float().add(1).mul(0.5))  # the order is visible, so the check can fail
+
+
+def stable_sorting_filter(logits_BlV, top_k, top_p):
+    """The reference's filter with a stable sort (the order PyTorch's CUDA sort gives rows of more than 128)."""
+    kth = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    logits_BlV = logits_BlV.masked_fill(logits_BlV < kth, -torch.inf)
+    sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False, stable=True)
+    remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+    remove[..., -1:] = False
+    return logits_BlV.masked_fill(remove.scatter(-1, sorted_idx, remove), -torch.inf)
+
+
+@pytest.mark.parametrize("spread", [1.0, 3.0, 10.0])
+@pytest.mark.parametrize("top_k,top_p", [(900, 0.95), (50, 0.5), (300, 0.8)])
+def test_sort_free_filter_breaks_bf16_ties_like_a_stable_sort(spread, top_k, top_p):
+    """bf16 logits tie often, at the k-th value and at the top-p cut; the sort-free filter must keep exactly what a
+    stable sort keeps, and say it was exact."""
+    logits_BlV = (torch.randn(4, 64, 4096, generator=gen(int(spread))) * spread).bfloat16().float()
+    at_cut = (logits_BlV.topk(top_k, dim=-1).values[..., -1:] == logits_BlV).sum(-1)
+    assert int(at_cut.max()) > 1  # ties at the k-th value are present, so the comparison below covers them
+    expected = stable_sorting_filter(logits_BlV.clone(), top_k, top_p)
+    got, exact = VARScaleScheduler.filter_logits_sort_free(logits_BlV.clone(), top_k, top_p, return_exact=True)
+    assert bool(exact) and torch.equal(got, expected)
+
+
+def test_sort_free_filter_reports_ties_beyond_its_short_list():
+    tied_BlV = torch.zeros(1, 2, 4096)
+    tied_BlV[0, 1] = torch.randn(4096, generator=gen(0))  # one degenerate row, one ordinary
+    _, exact = VARScaleScheduler.filter_logits_sort_free(tied_BlV.clone(), 900, 0.95, return_exact=True)
+    assert not bool(exact)
+    _, exact = VARScaleScheduler.filter_logits_sort_free(tied_BlV[:, 1:].clone(), 900, 0.95, return_exact=True)
+    assert bool(exact)
+
+
+def test_fast_path_resamples_with_sorting_when_the_sort_free_filter_cannot_be_exact(monkeypatch, caplog):
+    """Sort-free filtering runs on CUDA only (where the reference's sort is stable); forced on here. A head with zero
+    weights gives every code the same logit, more ties than the short list holds: the chunk is drawn again with
+    sorting, from the same generator state, so the tokens are the plain path's."""
+    import sys
+
+    pipeline_module = sys.modules[VARPipeline.__module__]
+
+    degenerate = make_pipeline(num_classes=5, vocab_size=300)
+    with torch.no_grad():
+        degenerate.transformer.head.weight.zero_()
+        degenerate.transformer.head.bias.zero_()
+    kwargs = dict(class_labels=[0, 3], top_k=100, top_p=0.9, output_type="pt")
+    plain = degenerate(generator=gen(6), fast_path=False, **kwargs)
+    monkeypatch.setattr(pipeline_module, "sort_free_filter_matches_reference", lambda device: True)
+    with caplog.at_level("INFO"):
+        fast = degenerate(generator=gen(6), fast_path=True, **kwargs)
+    assert "re-sampling the chunk with sorting" in caplog.text
+    assert same_tokens(plain.token_maps, fast.token_maps) and torch.equal(plain.images, fast.images)
+
+    caplog.clear()
+    ordinary = make_pipeline(num_classes=5, vocab_size=300)
+    with caplog.at_level("INFO"):
+        fast = ordinary(generator=gen(6), fast_path=True, **kwargs)
+    assert "re-sampling" not in caplog.text
+    assert same_tokens(ordinary(generator=gen(6), fast_path=False, **kwargs).token_maps, fast.token_maps)

@@ -19,16 +19,16 @@ from var_hf.cli import main as cli_main
 PATCH_NUMS = (1, 2, 3, 4)  # 4x4 latent, 16x16 images with channel_multipliers (1, 1, 2)
 
 
-def make_pipeline(num_classes=5, id2label=None, seed=0, patch_nums=PATCH_NUMS):
+def make_pipeline(num_classes=5, id2label=None, seed=0, patch_nums=PATCH_NUMS, vocab_size=32):
     torch.manual_seed(seed)
     vqvae = MultiScaleVQVAE(MultiScaleVQVAEConfig(
-        base_channels=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, vocab_size=32, vq_embed_dim=8,
+        base_channels=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, vocab_size=vocab_size, vq_embed_dim=8,
         patch_nums=patch_nums,
     ))
     with torch.no_grad():  # spread the codebook so different tokens decode to different images
         vqvae.quantizer.codebook.weight.normal_(0, 1)
     transformer = VARTransformer(VARTransformerConfig(
-        vocab_size=32, vq_embed_dim=8, num_classes=num_classes, depth=2, embed_dim=32, num_heads=2,
+        vocab_size=vocab_size, vq_embed_dim=8, num_classes=num_classes, depth=2, embed_dim=32, num_heads=2,
         patch_nums=patch_nums, init_head=1.0, init_adaln_gamma=0.5,
     ))
     pipe = VARPipeline(vqvae=vqvae.eval(), transformer=transformer.eval(),

@@ -42,6 +42,13 @@ def resolve_fast_path(fast_path: Optional[bool], device: torch.device) -> bool:
     return fast_path
 
 
+def sort_free_filter_matches_reference(device: torch.device) -> bool:
+    """Whether the sort-free top-k/top-p gives the reference's tokens on this device, ties included. It removes tied
+    tokens in vocabulary order, the order of a stable sort; PyTorch's CUDA sort of more than 128 entries is a stable
+    radix sort (VAR's vocabulary is 4096), its CPU sort is not. So the fast path filters sort-free on CUDA only."""
+    return torch.device(device).type == "cuda"
+
+
 class StaticScaleRunner:
     """Runs [`VARTransformer.forward_scale`] for one batch size on buffers allocated once: per-scale inputs, the class
     condition, a pre-allocated [`VARKVCache`] (without the last scale) and per-scale logits.
@@ -243,4 +250,5 @@ __all__ = [
     "max_batch_for_memory",
     "resolve_fast_path",
     "sampling_bytes_per_image",
+    "sort_free_filter_matches_reference",
 ]

@@ -7,7 +7,7 @@ a seeded `torch.Generator` reproduces the reference's samples.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -31,11 +31,16 @@ class VARSchedulerOutput(BaseOutput):
         probabilities_valid (`torch.BoolTensor`, *optional*):
             With `sync_free=True`: a 0-d device tensor, False if any probability was inf or NaN (what
             `torch.multinomial` would have raised on), to be checked once after sampling.
+        filter_exact (`torch.BoolTensor`, *optional*):
+            With `sort_free=True`: a 0-d device tensor, False if more logits tied with the k-th largest than the
+            sort-free filter's short list holds (its result is then not the sorting filter's; re-sample with
+            `sort_free=False`).
     """
 
     token_map: torch.LongTensor
     smoothed_embeddings: Optional[torch.FloatTensor] = None
     probabilities_valid: Optional[torch.BoolTensor] = None
+    filter_exact: Optional[torch.BoolTensor] = None
 
 
 class VARScaleScheduler(SchedulerMixin, ConfigMixin):
@@ -145,32 +150,58 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             logits_BlV.masked_fill_(sorted_remove.scatter(sorted_idx.ndim - 1, sorted_idx, sorted_remove), -torch.inf)
         return logits_BlV
 
+    # Extra top-k entries taken beyond k, so that values tied with the k-th largest (all kept by top-k) are in the
+    # short list too; bf16 logits tie in groups of about ten around the 900th of 4096.
+    SORT_FREE_TIE_SLACK = 128
+
     @classmethod
-    def filter_logits_sort_free(cls, logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    def filter_logits_sort_free(
+        cls, logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0, return_exact: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """[`filter_logits`] without sorting the vocabulary: one sorted top-k serves both filters.
 
-        After top-k, the reference's ascending sort of the logits is `V - k` times -inf followed by the k survivors in
-        ascending order; this rebuilds exactly that vector from the top-k values, so the softmax, the cumulative sum
-        and hence the top-p decisions are bit-identical. Because the removed tokens are a prefix of the ascending
-        order, the result is one threshold per row (the smallest surviving logit) and no scatter is needed. The one
-        difference: where logits tie exactly at a boundary, the reference keeps or drops tied tokens by their sort
-        order while this keeps all of them (ties need low precision or identical logits). Without top-k there is no
-        short list to sort, and this falls back to [`filter_logits`].
+        After top-k, the reference's ascending sort of the logits is `V - m` times -inf followed by the `m` survivors
+        (the k largest and any values tied with the k-th) in ascending order. This rebuilds exactly that vector from
+        the `k + SORT_FREE_TIE_SLACK` largest values, so the softmax, the cumulative sum and the number of tokens
+        top-p removes are bit-identical. Top-p removes a prefix of that order: every token below the cut value, and
+        of the tokens equal to it, as many as the prefix holds, lowest vocabulary index first, which is the order a
+        stable sort gives them (PyTorch's CUDA sort of more than 128 entries is a stable radix sort; its CPU sort is
+        not stable, so on CPU a tie exactly at the top-p cut may keep other tokens than [`filter_logits`]).
+
+        If more tokens tie with the k-th value than the slack holds, the rebuilt vector is short and the result is not
+        the reference's. That is detected on the device: with `return_exact=True` this returns `(logits, exact)`,
+        `exact` a 0-d bool tensor to be checked after sampling (the pipeline then re-samples the batch with
+        [`filter_logits`]). Without top-k there is no short list to sort, and this falls back to [`filter_logits`].
         """
         V = logits_BlV.shape[-1]
+        exact = torch.ones((), dtype=torch.bool, device=logits_BlV.device)
         if top_k <= 0 or top_k >= V:
-            return cls.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
-        top_BlK = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=True).values  # descending
-        threshold_Bl1 = top_BlK[..., -1:]  # the k-th largest: what top-k keeps
-        if top_p > 0:
-            ascending_BlK = top_BlK.flip(-1)
-            ascending_BlV = torch.full_like(logits_BlV, -torch.inf)
-            ascending_BlV[..., V - top_k :] = ascending_BlK
-            remove_BlK = ascending_BlV.softmax(dim=-1).cumsum_(dim=-1)[..., V - top_k :] <= (1 - top_p)
-            remove_BlK[..., -1:] = False
-            num_removed_Bl1 = remove_BlK.sum(dim=-1, keepdim=True)
-            threshold_Bl1 = ascending_BlK.gather(-1, num_removed_Bl1)  # smallest survivor of top-p
-        return logits_BlV.masked_fill_(logits_BlV < threshold_Bl1, -torch.inf)
+            cls.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
+            return (logits_BlV, exact) if return_exact else logits_BlV
+        if top_p <= 0:
+            kth_largest_Bl1 = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False).values.amin(dim=-1, keepdim=True)
+            logits_BlV.masked_fill_(logits_BlV < kth_largest_Bl1, -torch.inf)
+            return (logits_BlV, exact) if return_exact else logits_BlV
+
+        K = min(V, top_k + cls.SORT_FREE_TIE_SLACK)
+        top_BlK = logits_BlV.topk(K, dim=-1, largest=True, sorted=True).values  # descending
+        kth_largest_Bl1 = top_BlK[..., top_k - 1 : top_k]
+        if K < V:  # the K-th value still tied with the k-th: survivors beyond the short list
+            exact = (top_BlK[..., -1] < kth_largest_Bl1[..., 0]).all()
+        ascending_BlK = top_BlK.flip(-1)
+        ascending_BlK = ascending_BlK.masked_fill(ascending_BlK < kth_largest_Bl1, -torch.inf)  # removed by top-k
+        ascending_BlV = torch.full_like(logits_BlV, -torch.inf)
+        ascending_BlV[..., V - K :] = ascending_BlK
+        remove_BlK = ascending_BlV.softmax(dim=-1).cumsum_(dim=-1)[..., V - K :] <= (1 - top_p)
+        remove_BlK[..., -1:] = False
+        num_removed_Bl1 = remove_BlK.sum(dim=-1, keepdim=True)
+        cut_Bl1 = ascending_BlK.gather(-1, num_removed_Bl1)  # the smallest value top-p keeps
+        # Of the tokens equal to the cut value, the prefix removed `ties_removed` (lowest vocabulary index first).
+        ties_removed_Bl1 = ((ascending_BlK == cut_Bl1) & remove_BlK).sum(dim=-1, keepdim=True)
+        at_cut_BlV = logits_BlV == cut_Bl1
+        keep_BlV = (logits_BlV > cut_Bl1) | (at_cut_BlV & (at_cut_BlV.cumsum(dim=-1) > ties_removed_Bl1))
+        logits_BlV.masked_fill_(~keep_BlV, -torch.inf)
+        return (logits_BlV, exact) if return_exact else logits_BlV
 
     @staticmethod
     def _draw_multinomial(probs_NV: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.LongTensor:
@@ -223,7 +254,8 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             more_smooth (`bool`, *optional*, defaults to `False`):
                 Also return the Gumbel-softmax mixture of codes (needs `codebook`, (vocab_size, vq_embed_dim)).
             sort_free (`bool`, *optional*, defaults to `False`):
-                Filter with [`filter_logits_sort_free`] (the fast path): the same tokens except at exact ties.
+                Filter with [`filter_logits_sort_free`] (the fast path on CUDA): the tokens of a stable sort, as
+                PyTorch's CUDA sort is; `filter_exact` reports the rare case it cannot rebuild.
             sync_free (`bool`, *optional*, defaults to `False`):
                 Draw with [`draw_sync_free`] (the fast path): the same tokens; invalid probabilities are reported in
                 `probabilities_valid` instead of raising here.
@@ -232,7 +264,11 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"logits must be (batch, tokens, vocab), got shape {tuple(logits.shape)}.")
         B, l, V = logits.shape
         logits_BlV = logits.float() / temperature if temperature != 1.0 else logits.float().clone()
-        (self.filter_logits_sort_free if sort_free else self.filter_logits)(logits_BlV, top_k=top_k, top_p=top_p)
+        filter_exact = None
+        if sort_free:
+            _, filter_exact = self.filter_logits_sort_free(logits_BlV, top_k=top_k, top_p=top_p, return_exact=True)
+        else:
+            self.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
         probs_NV = logits_BlV.softmax(dim=-1).view(-1, V)
         draw = self.draw_sync_free if sync_free else self._draw_multinomial
         if isinstance(generator, (list, tuple)):
@@ -259,7 +295,10 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
 
         if not return_dict:
             return (token_map, smoothed)
-        return VARSchedulerOutput(token_map=token_map, smoothed_embeddings=smoothed, probabilities_valid=probabilities_valid)
+        return VARSchedulerOutput(
+            token_map=token_map, smoothed_embeddings=smoothed, probabilities_valid=probabilities_valid,
+            filter_exact=filter_exact,
+        )
 
 
 __all__ = ["VARScaleScheduler", "VARSchedulerOutput", "GUIDANCE_SCHEDULES"]
