@@ -138,8 +138,9 @@ def row(name, B, plain, fast, flops_per_image, peak_tflops):
 
 
 def correctness(model: str, device, plain32: VARPipeline, labels, compile_blocks: bool = False):
-    """Float32 fast vs plain tokens; bf16 fast vs float32 tokens and max logit error (with `compile_blocks`, of the
-    compiled bf16 model)."""
+    """Float32 fast vs plain tokens; bf16 fast vs bf16 plain tokens (bf16 logits tie: checks the sort-free filter's
+    tie order on CUDA); bf16 fast vs float32 tokens and max logit error (with `compile_blocks`, of the compiled bf16
+    model)."""
     _, plain_maps = sample_plain(plain32, labels, torch.Generator(device).manual_seed(0), decode=False)
     fast = sample_fast(plain32, labels, torch.Generator(device).manual_seed(0), output_type="latent")
     plain_tokens, fast_tokens = torch.cat(plain_maps, 1), torch.cat(fast.token_maps, 1)
@@ -152,6 +153,10 @@ def correctness(model: str, device, plain32: VARPipeline, labels, compile_blocks
         bf16.transformer.compile_blocks()
     fast16 = sample_fast(bf16, labels, torch.Generator(device).manual_seed(0), output_type="latent")
     tokens16 = torch.cat(fast16.token_maps, 1)
+    plain16 = bf16(class_labels=labels, generator=torch.Generator(device).manual_seed(0), output_type="latent",
+                   fast_path=False, **SAMPLING)
+    print(f"correctness {model} bf16: fast tokens equal to the pipeline's plain path (ties included, must be 1): "
+          f"{(torch.cat(plain16.token_maps, 1) == tokens16).float().mean():.4f}")
     first_scale_equal = (fast16.token_maps[0] == plain_maps[0]).float().mean()
     with torch.no_grad():
         labels_B = torch.tensor(labels, device=device)

@@ -217,7 +217,7 @@ class VARPipeline(DiffusionPipeline):
         (PIL / np / tensor) of the input image's size or the model's, or a box `(y0, x0, y1, x1)` in relative
         coordinates to regenerate.
         """
-        images = image if isinstance(image, list) else [image]
+        images = image if isinstance(image, list) else _split_batch(image, image_ndim=3)
         if not images or not all(self._is_image_like(im) for im in images):
             kinds = sorted({type(im).__name__ for im in images})
             raise ValueError(f"image must be a PIL image, numpy array or torch tensor (or a list of them), got {kinds}.")
@@ -235,7 +235,7 @@ class VARPipeline(DiffusionPipeline):
             regen_hw[round(y0 * pn) : round(y1 * pn), round(x0 * pn) : round(x1 * pn)] = 1
             regen_B1hw = regen_hw[None, None].expand(len(images), 1, pn, pn)
         else:
-            masks = mask_image if isinstance(mask_image, list) else [mask_image]
+            masks = mask_image if isinstance(mask_image, list) else _split_batch(mask_image, image_ndim=3)
             if not all(self._is_image_like(m) for m in masks):
                 raise ValueError(
                     f"mask_image must be a PIL image, numpy array, torch tensor, a list of them, or a box "
@@ -316,7 +316,9 @@ class VARPipeline(DiffusionPipeline):
             num_images_per_label (`int`, *optional*, defaults to 1):
                 Images per label; the batch is `len(labels) * num_images_per_label`, labels repeated in place.
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
-                Image to edit (resized and centre-cropped to the model's resolution). Needs `mask_image`.
+                Image to edit (resized and centre-cropped to the model's resolution), one per image of the batch or
+                one for all; a 4-D tensor (B, C, H, W) or array (B, H, W, C) is a batch. Encoded in the weights'
+                precision even under autocast, as the reference's notebook does. Needs `mask_image`.
             mask_image (image-like, a list, or a box `(y0, x0, y1, x1)` in [0, 1], *optional*):
                 White = regenerate, black = keep. At every scale the kept tokens are forced from the image's own
                 token maps; only the masked ones are sampled (inpainting, outpainting, class-conditional editing).
@@ -558,6 +560,14 @@ def _restore_generator_states(generator, states: Optional[List[torch.Tensor]]):
         return
     for g, state in zip(generator if isinstance(generator, (list, tuple)) else [generator], states):
         g.set_state(state)
+
+
+def _split_batch(obj, image_ndim: int) -> list:
+    """A batched tensor or array (one more dimension than an image, as diffusers accepts) -> a list of images;
+    anything else -> a one-element list."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)) and obj.ndim == image_ndim + 1:
+        return list(obj)
+    return [obj]
 
 
 def _spatial_size(obj) -> Tuple[int, int]:

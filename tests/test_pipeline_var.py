@@ -225,6 +225,30 @@ def test_outpainting_with_box_and_full_keep(pipe, photo):
     torch.testing.assert_close(kept.images, reconstruction, atol=1e-5, rtol=0)
 
 
+def test_a_batched_tensor_image_is_a_batch_of_images(pipe, photo):
+    pixels = torch.from_numpy(np.array(photo)).permute(2, 0, 1).float() / 255
+    other = pixels.flip(-1)
+    kwargs = dict(class_labels=[1, 2], mask_image=(0.25, 0.25, 0.75, 0.75), output_type="pt")
+    batched = pipe(image=torch.stack([pixels, other]), generator=gen(3), **kwargs)
+    listed = pipe(image=[pixels, other], generator=gen(3), **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(batched.token_maps, listed.token_maps))
+    encoded = pipe.vqvae.encode_tokens(torch.stack([pixels, other]) * 2 - 1)
+    assert torch.equal(batched.token_maps[0], encoded[0])  # each image keeps its own first-scale token
+
+
+def test_editing_under_autocast_encodes_at_full_precision(pipe, photo):
+    """The reference encodes the image to edit outside autocast; under the caller's autocast the pipeline still
+    encodes in the weights' dtype, so the kept tokens are the full-precision ones (and encoding does not fail on a
+    bf16 latent meeting a float32 codebook)."""
+    pixels = pipe.image_processor.preprocess(photo, height=16, width=16)
+    full_precision = pipe.vqvae.encode_tokens(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert all(torch.equal(a, b) for a, b in zip(pipe.vqvae.encode_tokens(pixels), full_precision))
+        black = PIL.Image.new("L", photo.size, 0)
+        kept = pipe(class_labels=[3], image=photo, mask_image=black, generator=gen(1), output_type="pt")
+    assert all(torch.equal(a, b) for a, b in zip(kept.token_maps, full_precision))
+
+
 def test_bfloat16_sampling_runs(tmp_path):
     pipe = make_pipeline().to(dtype=torch.bfloat16)
     out = pipe(class_labels=[0, 1], generator=gen(0), output_type="pt", more_smooth=True)

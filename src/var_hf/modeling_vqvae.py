@@ -503,8 +503,13 @@ class MultiScaleVQVAE(MultiScaleVQVAEPreTrainedModel):
 
     @torch.no_grad()
     def encode_tokens(self, pixel_values: torch.Tensor, patch_nums: Optional[Sequence] = None) -> List[torch.Tensor]:
-        """Images in [-1, 1] -> token maps, coarse to fine, each a LongTensor (B, h_k * w_k) in row-major order."""
-        return self.quantizer.latents_to_tokens(self.encode(pixel_values), patch_nums)
+        """Images in [-1, 1] -> token maps, coarse to fine, each a LongTensor (B, h_k * w_k) in row-major order.
+
+        Runs in the weights' dtype whatever the caller's autocast: codes are discrete, so a rounding can change one.
+        The reference encodes in full precision too (its quantizer turns autocast off, and its editing notebook
+        encodes outside autocast), so under autocast the tokens are still the reference's."""
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            return self.quantizer.latents_to_tokens(self.encode(pixel_values.to(self.quant_conv.weight.dtype)), patch_nums)
 
     @torch.no_grad()
     def decode_tokens(self, token_maps: Sequence[torch.Tensor], return_all_scales: bool = False):
