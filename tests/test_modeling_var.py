@@ -440,3 +440,29 @@ def test_attention_gate_rounds_like_an_in_place_mul_under_autocast(make_model):
         expected = after_attn + block.mlp(mlp_in).mul(gamma2)
     assert torch.equal(got, expected)
     assert not torch.equal(after_attn, promoted)  # the rounding is visible here, so the check above can fail
+
+
+@pytest.mark.parametrize("variant", ["l2norm", "shared_aln"])
+def test_training_forward_under_autocast_runs_the_residual_stream_in_the_autocast_dtype(make_model, variant):
+    """As the reference's `VAR.forward`: inputs built with autocast off (float32 word embedding), then the residual
+    stream and the block condition cast to the autocast dtype, and logits from the float32 upcast of the last
+    block's output."""
+    model = make_model(**VARIANTS[variant])
+    class_labels, tf_input, _ = make_inputs(model.config)
+    seen = {}
+    first, last = model.blocks[0], model.blocks[-1]
+    first.register_forward_hook(lambda m, args, out: seen.update(first_in=args[0], cond=args[1]))
+    last.register_forward_hook(lambda m, args, out: seen.update(last_out=out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(class_labels, tf_input).logits
+        cond_BD = model.embed_class(class_labels)
+        expected_logits = model.logits(seen["last_out"].float(), cond_BD)
+    with torch.no_grad():
+        cfg = model.config
+        sos = cond_BD.unsqueeze(1).expand(-1, cfg.first_len, -1) + model.pos_start
+        x_BLC = torch.cat((sos, model.word_embed(tf_input)), dim=1) + model.level_pos_embedding()
+    assert seen["first_in"].dtype == torch.bfloat16 and seen["cond"].dtype == torch.bfloat16
+    assert torch.equal(seen["first_in"], x_BLC.to(torch.bfloat16))
+    assert torch.equal(logits, expected_logits)
+    # Per-block AdaLN keeps the stream in bf16; shared AdaLN's float32 gates promote it, in the reference too.
+    assert seen["last_out"].dtype == (torch.float32 if model.config.shared_aln else torch.bfloat16)

@@ -531,17 +531,25 @@ class VARTransformer(VARPreTrainedModel):
             drop = torch.rand(B, device=class_labels.device) < cfg.cond_drop_rate
             class_labels = torch.where(drop, cfg.null_class, class_labels)
 
-        cond_BD = self.embed_class(class_labels)
-        sos_BlC = cond_BD.unsqueeze(1).expand(B, cfg.first_len, -1) + self.pos_start.expand(B, -1, -1)
-        words_BlC = self.word_embed(teacher_forcing_input.to(self.word_embed.weight.dtype))
-        x_BLC = torch.cat((sos_BlC, words_BlC), dim=1)
-        x_BLC = x_BLC + self.level_pos_embedding()
+        device_type = teacher_forcing_input.device.type
+        # Mixed precision as in the reference's training forward: the inputs are built with autocast off, then the
+        # residual stream runs in the autocast dtype (its `main_type`), unlike sampling, which keeps it in float32.
+        # Same logits as the reference under autocast, and half the residual stream's activation memory.
+        with torch.autocast(device_type=device_type, enabled=False):
+            cond_BD = self.embed_class(class_labels)
+            sos_BlC = cond_BD.unsqueeze(1).expand(B, cfg.first_len, -1) + self.pos_start.expand(B, -1, -1)
+            words_BlC = self.word_embed(teacher_forcing_input.to(self.word_embed.weight.dtype))
+            x_BLC = torch.cat((sos_BlC, words_BlC), dim=1)
+            x_BLC = x_BLC + self.level_pos_embedding()
 
         mask_LL = self.block_causal_mask(x_BLC.device)
         block_cond = self.condition_for_blocks(cond_BD)
+        if torch.is_autocast_enabled(device_type):
+            main_dtype = torch.get_autocast_dtype(device_type)
+            x_BLC, block_cond = x_BLC.to(main_dtype), block_cond.to(main_dtype)
         for block in self.blocks:
             x_BLC = block(x_BLC, block_cond, attention_mask=mask_LL)
-        logits_BLV = self.logits(x_BLC, cond_BD)
+        logits_BLV = self.logits(x_BLC.float(), cond_BD)
 
         loss = None
         if labels is not None:
