@@ -429,7 +429,7 @@ def test_attention_gate_rounds_like_an_in_place_mul_under_autocast(make_model):
     hidden_BLC = torch.randn(2, 5, C, generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         cond = model.condition_for_blocks(model.embed_class(torch.tensor([0, 1])))
-        got = block(hidden_BLC, cond)
+        got = block(hidden_BLC, block.modulation(cond))
 
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (block.adaln_table + cond).unbind(2)
         attn_out = block.attn(F.layer_norm(hidden_BLC, (C,), eps=block.ln.eps).mul(scale1.add(1)).add_(shift1))
@@ -451,17 +451,19 @@ def test_training_forward_under_autocast_runs_the_residual_stream_in_the_autocas
     class_labels, tf_input, _ = make_inputs(model.config)
     seen = {}
     first, last = model.blocks[0], model.blocks[-1]
-    first.register_forward_hook(lambda m, args, out: seen.update(first_in=args[0], cond=args[1]))
+    first.register_forward_hook(lambda m, args, out: seen.update(first_in=args[0], modulation=args[1]))
     last.register_forward_hook(lambda m, args, out: seen.update(last_out=out))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(class_labels, tf_input).logits
         cond_BD = model.embed_class(class_labels)
         expected_logits = model.logits(seen["last_out"].float(), cond_BD)
+        expected_modulation = first.modulation(model.condition_for_blocks(cond_BD).to(torch.bfloat16))
     with torch.no_grad():
         cfg = model.config
         sos = cond_BD.unsqueeze(1).expand(-1, cfg.first_len, -1) + model.pos_start
         x_BLC = torch.cat((sos, model.word_embed(tf_input)), dim=1) + model.level_pos_embedding()
-    assert seen["first_in"].dtype == torch.bfloat16 and seen["cond"].dtype == torch.bfloat16
+    assert seen["first_in"].dtype == torch.bfloat16
+    assert torch.equal(seen["modulation"], expected_modulation)  # from the condition cast to bf16, as the reference
     assert torch.equal(seen["first_in"], x_BLC.to(torch.bfloat16))
     assert torch.equal(logits, expected_logits)
     # Per-block AdaLN keeps the stream in bf16; shared AdaLN's float32 gates promote it, in the reference too.

@@ -11,7 +11,7 @@ coarser scales ([`VARKVCache`]).
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -273,15 +273,20 @@ class VARBlock(GradientCheckpointingLayer):
             return x_BLC + drop_path(gated_BLC, self.drop_path_rate, True)
         return self.ops.gated_residual(x_BLC, update_BLC, gamma_B1C, keep_update_dtype)
 
+    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """This block's AdaLN vectors (B, 1, 6, C): gamma1, gamma2, scale1, scale2, shift1, shift2. `cond_BD` is the
+        class embedding (B, D), or with shared AdaLN the shared projection (B, 1, 6, C)."""
+        return self.adaln_table + cond_BD if self.shared_aln else self.adaln(cond_BD)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
-        cond_BD: torch.Tensor,
+        modulation_B16C: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         kv_cache: Optional[VARKVCache] = None,
     ) -> torch.Tensor:
-        """`cond_BD` is the class embedding (B, D), or with shared AdaLN the shared projection (B, 1, 6, C)."""
-        modulation_B16C = self.adaln_table + cond_BD if self.shared_aln else self.adaln(cond_BD)
+        """`modulation_B16C` from [`modulation`]: computed by the caller, so sampling computes it once per run
+        rather than once per scale (the projection's weights are a third of the model)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation_B16C.unbind(2)  # each (B, 1, C)
         attn_in = self.ops.modulated_layer_norm(hidden_states, scale1, shift1, self.ln.eps)
         attn_out = self.attn(attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx)
@@ -298,9 +303,21 @@ class AdaLNBeforeHead(nn.Module):
         self.adaln = AdaLNModulation(config.embed_dim, config.embed_dim, 2)
         self.ops = EAGER_BLOCK_OPS
 
-    def forward(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.adaln(cond_BD).unbind(2)
+    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Scale and shift (B, 1, 2, C) from the class embedding."""
+        return self.adaln(cond_BD)
+
+    def forward(self, hidden_states: torch.Tensor, modulation_B12C: torch.Tensor) -> torch.Tensor:
+        scale, shift = modulation_B12C.unbind(2)
         return self.ops.modulated_layer_norm(hidden_states, scale, shift, self.ln.eps)
+
+
+class AdaLNModulations(NamedTuple):
+    """The AdaLN vectors of one class condition: per block (B, 1, 6, C) and the head's (B, 1, 2, C). They do not
+    change across scales, so sampling computes them once per run."""
+
+    blocks: List[torch.Tensor]
+    head: torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -548,7 +565,7 @@ class VARTransformer(VARPreTrainedModel):
             main_dtype = torch.get_autocast_dtype(device_type)
             x_BLC, block_cond = x_BLC.to(main_dtype), block_cond.to(main_dtype)
         for block in self.blocks:
-            x_BLC = block(x_BLC, block_cond, attention_mask=mask_LL)
+            x_BLC = block(x_BLC, block.modulation(block_cond), attention_mask=mask_LL)
         logits_BLV = self.logits(x_BLC.float(), cond_BD)
 
         loss = None
@@ -597,21 +614,34 @@ class VARTransformer(VARPreTrainedModel):
         words_BlC = self.word_embed(next_input_BlC.to(self.word_embed.weight.dtype))
         return words_BlC + self.scale_level_pos_embedding(scale_index)
 
+    def adaln_modulations(self, cond_BD: torch.Tensor) -> AdaLNModulations:
+        """Every block's and the head's AdaLN vectors for the class embedding `cond_BD` (B, D): the per-run
+        constants of sampling. The same operations as inside a scale, so the same numbers."""
+        block_cond = self.condition_for_blocks(cond_BD)
+        return AdaLNModulations([block.modulation(block_cond) for block in self.blocks], self.head_norm.modulation(cond_BD))
+
     def forward_scale(
-        self, hidden_states: torch.Tensor, cond_BD: torch.Tensor, kv_cache: Optional[VARKVCache] = None
+        self,
+        hidden_states: torch.Tensor,
+        cond_BD: torch.Tensor,
+        kv_cache: Optional[VARKVCache] = None,
+        modulations: Optional[AdaLNModulations] = None,
     ) -> torch.Tensor:
         """Logits (B, l, V) in float32 for one scale's tokens, attending to everything in `kv_cache` and appending
-        this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves."""
-        block_cond = self.condition_for_blocks(cond_BD)
+        this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves. `modulations`
+        ([`adaln_modulations`] of `cond_BD`) saves recomputing them at every scale."""
+        modulations = modulations if modulations is not None else self.adaln_modulations(cond_BD)
         x_BlC = hidden_states
-        for block in self.blocks:
-            x_BlC = block(x_BlC, block_cond, attention_mask=None, kv_cache=kv_cache)
-        return self.logits(x_BlC, cond_BD)
+        for block, modulation_B16C in zip(self.blocks, modulations.blocks):
+            x_BlC = block(x_BlC, modulation_B16C, attention_mask=None, kv_cache=kv_cache)
+        return self._head_logits(self.head_norm(x_BlC, modulations.head))
 
     def logits(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """AdaLN then the linear head; float32 logits whatever the model's dtype."""
-        h = self.head_norm(hidden_states, cond_BD)
-        return self.head(h.to(self.head.weight.dtype)).float()
+        return self._head_logits(self.head_norm(hidden_states, self.head_norm.modulation(cond_BD)))
+
+    def _head_logits(self, normed_BLC: torch.Tensor) -> torch.Tensor:
+        return self.head(normed_BLC.to(self.head.weight.dtype)).float()
 
 
-__all__ = ["VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]
+__all__ = ["AdaLNModulations", "VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]
