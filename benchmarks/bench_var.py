@@ -145,6 +145,15 @@ def correctness(model: str, device, plain32: VARPipeline, labels, compile_blocks
     fast = sample_fast(plain32, labels, torch.Generator(device).manual_seed(0), output_type="latent")
     plain_tokens, fast_tokens = torch.cat(plain_maps, 1), torch.cat(fast.token_maps, 1)
     print(f"correctness {model} float32: fast tokens equal to plain: {(plain_tokens == fast_tokens).float().mean():.4f}")
+    # The reference demo's setting: float32 weights under fp16 autocast (bf16 on CPU); graphs captured under autocast.
+    autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    with torch.autocast(device.type, dtype=autocast_dtype):
+        runs = [plain32(class_labels=labels, generator=torch.Generator(device).manual_seed(0), output_type="pt",
+                        fast_path=fast, **SAMPLING) for fast in (False, True)]
+    same = all(torch.equal(a, b) for a, b in zip(runs[0].token_maps, runs[1].token_maps))
+    print(f"correctness {model} float32 weights under {autocast_dtype} autocast: fast tokens equal to plain: {same}, "
+          f"max image difference {(runs[0].images - runs[1].images).abs().max():.3g} (both must be exact)")
+    plain32.release_fast_path()
 
     bf16 = build(model, device, torch.bfloat16)
     bf16.transformer.load_state_dict(plain32.transformer.state_dict())

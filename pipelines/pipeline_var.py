@@ -493,7 +493,7 @@ class VARPipeline(DiffusionPipeline):
             runner.set_condition(cond_2BD)
         else:
             kv_cache = transformer.new_kv_cache()
-            modulations = transformer.adaln_modulations(cond_2BD)  # per-run constants, as the runner's
+            constants = transformer.sampling_constants(cond_2BD)  # per-run constants, as the runner's
         f_hat = torch.zeros(B, C, patch_nums[-1], patch_nums[-1], device=device, dtype=torch.float32)
         codebook = vqvae.quantizer.codebook.weight
         token_maps = []
@@ -504,7 +504,7 @@ class VARPipeline(DiffusionPipeline):
             if fast:
                 logits_2BlV = runner.run(si, x_2BlC)
             else:
-                logits_2BlV = transformer.forward_scale(x_2BlC, cond_2BD, kv_cache, modulations=modulations)
+                logits_2BlV = transformer.forward_scale(x_2BlC, cond_2BD, kv_cache, constants=constants)
             logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], si, guidance_scale)
             step = scheduler.step(
                 logits_BlV, si, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature,

@@ -401,9 +401,9 @@ def test_fast_path_resamples_with_sorting_when_the_sort_free_filter_cannot_be_ex
 
 
 @pytest.mark.parametrize("fast", [False, True])
-def test_adaln_vectors_are_computed_once_per_run(pipe, fast):
-    """They do not change across scales; the projection that makes them is a third of the weights, so both paths
-    compute them once per batch instead of once per scale. A runner refills its buffers in place (its graphs point
+def test_per_run_constants_are_computed_once_per_run(pipe, fast):
+    """AdaLN vectors (and the attentions' biases and query scales) do not change across scales; the AdaLN projection
+    is a third of the weights, so both paths compute them once per batch instead of once per scale. A runner refills its buffers in place (its graphs point
     at them) and a new class condition gives the plain path's tokens."""
     calls = []
     handles = [block.adaln.register_forward_hook(lambda *args: calls.append(1)) for block in pipe.transformer.blocks]
@@ -415,8 +415,8 @@ def test_adaln_vectors_are_computed_once_per_run(pipe, fast):
     assert len(calls) == len(pipe.transformer.blocks)  # once per block, not once per block and scale
     if fast:
         runner = next(r for r in pipe._runners.runners.values() if r.batch_size == 4)
-        pointers = [m.data_ptr() for m in runner.modulations.blocks]
+        pointers = [m.data_ptr() for m in runner.constants.tensors()]
         fast_out = pipe(class_labels=[3, 4], generator=gen(3), top_k=TOP_K, output_type="latent", fast_path=True)
-        assert [m.data_ptr() for m in runner.modulations.blocks] == pointers
+        assert [m.data_ptr() for m in runner.constants.tensors()] == pointers
         plain_out = pipe(class_labels=[3, 4], generator=gen(3), top_k=TOP_K, output_type="latent", fast_path=False)
         assert same_tokens(fast_out.token_maps, plain_out.token_maps)

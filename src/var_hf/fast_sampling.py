@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from diffusers.utils import logging
 
-from .modeling_var import AdaLNModulations, VARTransformer
+from .modeling_var import SamplingConstants, VARTransformer
 
 logger = logging.get_logger(__name__)
 
@@ -101,27 +101,29 @@ class StaticScaleRunner:
             torch.zeros(batch_size, pn * pn, config.embed_dim, dtype=self.dtype, device=self.device)
             for pn in config.patch_nums
         ]
-        self.modulations: Optional[AdaLNModulations] = None  # allocated by the first `set_condition`
+        self.constants: Optional[SamplingConstants] = None  # allocated by the first `set_condition`
         self.logits_BlV: List[Optional[torch.Tensor]] = [None] * len(config.patch_nums)
         self.graphs: List[Optional["torch.cuda.CUDAGraph"]] = [None] * len(config.patch_nums)
         self.pool = None
 
     def set_condition(self, cond_BD: torch.Tensor):
-        """The class condition of the whole sampling run, and its AdaLN vectors: they do not change across scales,
-        so they are computed here, once, outside the graphs (the projection's weights are a third of the model, and
-        at small batch reading them is most of a scale's time)."""
-        self.cond_BD.copy_(cond_BD)
-        modulations = self.transformer.adaln_modulations(cond_BD)
-        if self.modulations is None:  # first call: allocate; the graphs keep pointing at these buffers
-            self.modulations = AdaLNModulations([m.clone() for m in modulations.blocks], modulations.head.clone())
-        else:
-            for buffer, value in zip((*self.modulations.blocks, self.modulations.head), (*modulations.blocks, modulations.head)):
-                buffer.copy_(value)
+        """The class condition of the whole sampling run, and what every scale would recompute from it and the
+        weights alone ([`VARTransformer.sampling_constants`]: AdaLN vectors, qkv biases, query scales), computed
+        here once, outside the graphs (the AdaLN projection's weights are a third of the model, and at small batch
+        reading weights is most of a scale's time). Call it again after changing the weights in place."""
+        with torch.no_grad():
+            self.cond_BD.copy_(cond_BD)
+            constants = self.transformer.sampling_constants(cond_BD)
+            if self.constants is None:  # first call: keep these tensors; the graphs will point at them
+                self.constants = constants
+            else:  # later calls refill them in place
+                for buffer, value in zip(self.constants.tensors(), constants.tensors()):
+                    buffer.copy_(value)
 
     def _step(self, scale_index: int) -> torch.Tensor:
         self.kv_cache.seek(self.scale_begins[scale_index])
         return self.transformer.forward_scale(
-            self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache, modulations=self.modulations
+            self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache, constants=self.constants
         )
 
     def _capture(self, scale_index: int):

@@ -11,7 +11,7 @@ coarser scales ([`VARKVCache`]).
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -157,20 +157,32 @@ class VARAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.proj_drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
+    def qkv_bias(self) -> torch.Tensor:
+        """(3C,): q and v biases around a zero k bias."""
+        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+
+    def query_scale(self) -> Optional[torch.Tensor]:
+        """(1, H, 1, 1) multiplier of the normalised queries (`attn_l2_norm`), else None."""
+        return self.log_scale.clamp_max(self.max_log_scale).exp() if self.attn_l2_norm else None
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         kv_cache: Optional[VARKVCache] = None,
         layer_idx: int = 0,
+        qkv_bias: Optional[torch.Tensor] = None,
+        query_scale_1H11: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """`qkv_bias` and `query_scale_1H11` ([`qkv_bias`], [`query_scale`]) may be passed in precomputed: they
+        depend on the weights only, so sampling computes them once per run."""
         B, L, C = hidden_states.shape
-        qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv_bias = qkv_bias if qkv_bias is not None else self.qkv_bias()
         qkv_BL3Hc = F.linear(hidden_states, self.qkv.weight, qkv_bias).view(B, L, 3, self.num_heads, self.head_dim)
         q_BHLc, k_BHLc, v_BHLc = qkv_BL3Hc.permute(2, 0, 3, 1, 4).unbind(0)
         if self.attn_l2_norm:
-            scale_mul_1H11 = self.log_scale.clamp_max(self.max_log_scale).exp()
-            q_BHLc = F.normalize(q_BHLc, dim=-1).mul(scale_mul_1H11)
+            query_scale_1H11 = query_scale_1H11 if query_scale_1H11 is not None else self.query_scale()
+            q_BHLc = F.normalize(q_BHLc, dim=-1).mul(query_scale_1H11)
             k_BHLc = F.normalize(k_BHLc, dim=-1)
         if kv_cache is not None:
             k_BHLc, v_BHLc = kv_cache.update(layer_idx, k_BHLc, v_BHLc)
@@ -284,12 +296,18 @@ class VARBlock(GradientCheckpointingLayer):
         modulation_B16C: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         kv_cache: Optional[VARKVCache] = None,
+        attention_constants: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
     ) -> torch.Tensor:
         """`modulation_B16C` from [`modulation`]: computed by the caller, so sampling computes it once per run
-        rather than once per scale (the projection's weights are a third of the model)."""
+        rather than once per scale (the projection's weights are a third of the model). `attention_constants`:
+        the attention's precomputed `(qkv_bias, query_scale)`, likewise."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation_B16C.unbind(2)  # each (B, 1, C)
         attn_in = self.ops.modulated_layer_norm(hidden_states, scale1, shift1, self.ln.eps)
-        attn_out = self.attn(attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx)
+        qkv_bias, query_scale = attention_constants if attention_constants is not None else (None, None)
+        attn_out = self.attn(
+            attn_in, attention_mask=attention_mask, kv_cache=kv_cache, layer_idx=self.layer_idx,
+            qkv_bias=qkv_bias, query_scale_1H11=query_scale,
+        )
         # The reference gates the attention output in place (its dtype kept) and the MLP output out of place.
         hidden_states = self._residual(hidden_states, attn_out, gamma1, keep_update_dtype=True)
         mlp_out = self.mlp(self.ops.modulated_layer_norm(hidden_states, scale2, shift2, self.ln.eps), self.ops.mlp)
@@ -312,12 +330,21 @@ class AdaLNBeforeHead(nn.Module):
         return self.ops.modulated_layer_norm(hidden_states, scale, shift, self.ln.eps)
 
 
-class AdaLNModulations(NamedTuple):
-    """The AdaLN vectors of one class condition: per block (B, 1, 6, C) and the head's (B, 1, 2, C). They do not
-    change across scales, so sampling computes them once per run."""
+class SamplingConstants(NamedTuple):
+    """What every scale of a sampling run would recompute from the class condition and the weights alone, computed
+    once per run instead (same operations, same numbers): the AdaLN vectors of every block (B, 1, 6, C) and of the
+    head (B, 1, 2, C), and each attention's qkv bias (3C,) and query scale ((1, H, 1, 1), or None without
+    `attn_l2_norm`)."""
 
-    blocks: List[torch.Tensor]
-    head: torch.Tensor
+    block_modulations: List[torch.Tensor]
+    head_modulation: torch.Tensor
+    qkv_biases: List[torch.Tensor]
+    query_scales: List[Optional[torch.Tensor]]
+
+    def tensors(self) -> List[torch.Tensor]:
+        """All of them, in a fixed order (for static buffers)."""
+        return [*self.block_modulations, self.head_modulation, *self.qkv_biases,
+                *(scale for scale in self.query_scales if scale is not None)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -614,27 +641,36 @@ class VARTransformer(VARPreTrainedModel):
         words_BlC = self.word_embed(next_input_BlC.to(self.word_embed.weight.dtype))
         return words_BlC + self.scale_level_pos_embedding(scale_index)
 
-    def adaln_modulations(self, cond_BD: torch.Tensor) -> AdaLNModulations:
-        """Every block's and the head's AdaLN vectors for the class embedding `cond_BD` (B, D): the per-run
-        constants of sampling. The same operations as inside a scale, so the same numbers."""
+    def sampling_constants(self, cond_BD: torch.Tensor) -> SamplingConstants:
+        """The per-run constants of sampling for the class embedding `cond_BD` (B, D): every block's and the
+        head's AdaLN vectors and the attentions' qkv biases and query scales. The same operations as inside a scale,
+        so the same numbers."""
         block_cond = self.condition_for_blocks(cond_BD)
-        return AdaLNModulations([block.modulation(block_cond) for block in self.blocks], self.head_norm.modulation(cond_BD))
+        return SamplingConstants(
+            block_modulations=[block.modulation(block_cond) for block in self.blocks],
+            head_modulation=self.head_norm.modulation(cond_BD),
+            qkv_biases=[block.attn.qkv_bias() for block in self.blocks],
+            query_scales=[block.attn.query_scale() for block in self.blocks],
+        )
 
     def forward_scale(
         self,
         hidden_states: torch.Tensor,
         cond_BD: torch.Tensor,
         kv_cache: Optional[VARKVCache] = None,
-        modulations: Optional[AdaLNModulations] = None,
+        constants: Optional[SamplingConstants] = None,
     ) -> torch.Tensor:
         """Logits (B, l, V) in float32 for one scale's tokens, attending to everything in `kv_cache` and appending
-        this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves. `modulations`
-        ([`adaln_modulations`] of `cond_BD`) saves recomputing them at every scale."""
-        modulations = modulations if modulations is not None else self.adaln_modulations(cond_BD)
+        this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves. `constants`
+        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale."""
+        constants = constants if constants is not None else self.sampling_constants(cond_BD)
         x_BlC = hidden_states
-        for block, modulation_B16C in zip(self.blocks, modulations.blocks):
-            x_BlC = block(x_BlC, modulation_B16C, attention_mask=None, kv_cache=kv_cache)
-        return self._head_logits(self.head_norm(x_BlC, modulations.head))
+        for i, block in enumerate(self.blocks):
+            x_BlC = block(
+                x_BlC, constants.block_modulations[i], attention_mask=None, kv_cache=kv_cache,
+                attention_constants=(constants.qkv_biases[i], constants.query_scales[i]),
+            )
+        return self._head_logits(self.head_norm(x_BlC, constants.head_modulation))
 
     def logits(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """AdaLN then the linear head; float32 logits whatever the model's dtype."""
@@ -644,4 +680,4 @@ class VARTransformer(VARPreTrainedModel):
         return self.head(normed_BLC.to(self.head.weight.dtype)).float()
 
 
-__all__ = ["AdaLNModulations", "VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]
+__all__ = ["SamplingConstants", "VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]
