@@ -15,7 +15,8 @@ vs selective activation checkpointing and torch.compile (fast; compiled on CUDA 
 fast path.
 
 Printed: a table (latency, images/s, peak GiB, fast/plain speed ratio, fraction of the compute floor at
-`--peak-tflops`, FLOPs counted by `torch.utils.flop_counter`), and the correctness of the fast path: in float32 the
+`--peak-tflops`, FLOPs counted by `torch.utils.flop_counter`), on CPU the operations one image launches on each path
+(and how many the host would launch with one CUDA graph per scale), and the correctness of the fast path: in float32 the
 fraction of tokens equal to the plain path's for the same seed (must be 1), and in bf16 the fraction equal to float32
 sampling and the max logit error (teacher-forced on the float32 sample's tokens).
 """
@@ -23,9 +24,11 @@ sampling and the max logit error (teacher-forced on the float32 sample's tokens)
 import argparse
 import contextlib
 import time
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from var_hf import (
@@ -36,6 +39,7 @@ from var_hf import (
     VARTransformer,
     VARTransformerConfig,
 )
+from var_hf.fast_sampling import StaticScaleRunner
 
 # Tiny widths, but the real 4096-code vocabulary: sampling cost (filtering, drawing) scales with it.
 TINY = dict(
@@ -96,6 +100,44 @@ def sample_plain(pipe: VARPipeline, labels, generator, decode: bool = True):
 
 def sample_fast(pipe: VARPipeline, labels, generator, output_type="pt"):
     return pipe(class_labels=labels, generator=generator, output_type=output_type, fast_path=True, **SAMPLING)
+
+
+class KernelOpCounter(TorchDispatchMode):
+    """Counts the ATen operations that launch work (views and aliases excluded): on a GPU, roughly one kernel each."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func not in (torch.ops.aten.detach.default, torch.ops.aten.alias.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def launches_per_image(plain_pipe: VARPipeline, fast_pipe: VARPipeline, label: int, device) -> Tuple[int, int, int]:
+    """Operations one image (B=1, with guidance) dispatches: the plain path's, the fast path's, and how many the fast
+    path's host still launches once each scale's transformer step is one CUDA graph (the step's operations replaced by
+    one replay per scale). Counted eagerly, so it can be measured on CPU."""
+    generator = torch.Generator(device).manual_seed(0)
+    with KernelOpCounter() as plain_ops:
+        sample_plain(plain_pipe, [label], generator)
+    runner_steps = KernelOpCounter()
+    original_step = StaticScaleRunner._step
+
+    def counted_step(runner, scale_index):
+        with runner_steps:
+            return original_step(runner, scale_index)
+
+    StaticScaleRunner._step = counted_step
+    try:
+        with KernelOpCounter() as fast_ops:
+            sample_fast(fast_pipe, [label], torch.Generator(device).manual_seed(0))
+    finally:
+        StaticScaleRunner._step = original_step
+    fast_pipe.release_fast_path()
+    num_scales = len(fast_pipe.scheduler.config.patch_nums)
+    return plain_ops.count, fast_ops.count, fast_ops.count - runner_steps.count + num_scales
 
 
 def flops_of(fn) -> int:
@@ -279,6 +321,11 @@ def main(argv=None):
             if chunk < B:
                 print(f"  (fast path ran B={B} in chunks of {chunk}: the memory estimate did not fit one pass)")
             fast_pipe.release_fast_path()
+
+        if not on_gpu:  # a CPU count (on a GPU the timings above say it, and capture should not run under a counter)
+            plain_ops, fast_ops, fast_launches = launches_per_image(plain_pipe, fast_pipe, 0, device)
+            print(f"  ({model}, one image: {plain_ops} operations on the plain path, {fast_ops} on the fast path, of "
+                  f"which the host launches {fast_launches} with one graph per scale: {plain_ops / fast_launches:.1f}x fewer)")
 
         f_hat = torch.randn(decode_batch, plain_pipe.vqvae.config.vq_embed_dim, *(2 * [plain_pipe.transformer.config.patch_nums[-1]]), device=device)
         decode_flops = flops_of(lambda: plain_pipe.vqvae.decode(f_hat[:1]))
