@@ -140,6 +140,16 @@ def launches_per_image(plain_pipe: VARPipeline, fast_pipe: VARPipeline, label: i
     return plain_ops.count, fast_ops.count, fast_ops.count - runner_steps.count + num_scales
 
 
+def time_filters(device, repeats: int):
+    """The top-k/top-p filter alone at the real vocabulary: 64 images x 256 tokens (the last 256px scale) x 4096
+    logits, top-k 900, top-p 0.95; sorting (the reference's, the plain path's) vs sort-free (the fast path's on CUDA)."""
+    logits_BlV = torch.randn(64, 256, 4096, generator=torch.Generator().manual_seed(0)).mul(2).to(device)
+    sorting = timed(lambda: VARScaleScheduler.filter_logits(logits_BlV.clone(), 900, 0.95), device, repeats)[0]
+    sort_free = timed(lambda: VARScaleScheduler.filter_logits_sort_free(logits_BlV.clone(), 900, 0.95), device, repeats)[0]
+    print(f"filter alone (64 x 256 x 4096, top-k 900, top-p 0.95): sorting {1e3 * sorting:.1f} ms, sort-free "
+          f"{1e3 * sort_free:.1f} ms, {sorting / sort_free:.2f}x")
+
+
 def flops_of(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -302,6 +312,7 @@ def main(argv=None):
     print("| model | B | plain ms | fast ms | plain img/s | fast img/s | fast/plain | plain GiB | fast GiB | floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     checks = []
+    time_filters(device, args.repeats)
     for model in models:
         plain_pipe = build(model, device, torch.float32)
         fast_pipe = build(model, device, fast_dtype)
