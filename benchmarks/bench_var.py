@@ -288,6 +288,9 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default: 1 16 on CPU, 1 16 64 256 on GPU")
     parser.add_argument("--decode-batch", type=int, default=None, help="default: 16 on CPU, 64 on GPU")
     parser.add_argument("--train-batch", type=int, default=None, help="default: 8 on CPU, 64 on GPU (0 skips)")
+    parser.add_argument("--train-models", nargs="+", default=None,
+                        help="models whose training step is timed (default: the first of --models; the issue's "
+                             "training target is d16)")
     parser.add_argument("--train-compile", choices=["auto", "yes", "no"], default="auto",
                         help="torch.compile the fast training step (auto: on CUDA only)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -303,6 +306,7 @@ def main(argv=None):
     batch_sizes = args.batch_sizes or ([1, 16, 64, 256] if on_gpu else [1, 16])
     decode_batch = args.decode_batch or (64 if on_gpu else 16)
     train_batch = args.train_batch if args.train_batch is not None else (64 if on_gpu else 8)
+    train_models = args.train_models or models[:1]
     peak = args.peak_tflops or (790.0 if on_gpu else 1.0)
     fast_dtype = torch.bfloat16 if on_gpu else torch.float32
     compile_train = args.train_compile == "yes" or (args.train_compile == "auto" and on_gpu)
@@ -351,7 +355,7 @@ def main(argv=None):
 
         row(f"{model} decode", decode_batch, timed_or_oom(decode_plain, device, args.repeats),
             timed_or_oom(decode_fast, device, args.repeats), decode_flops, peak)
-        if train_batch:
+        if train_batch and model in train_models:
             checks.append((model, bench_training(model, device, train_batch, args.repeats, compile_train, peak)))
         if not args.skip_correctness:
             correctness(model, device, plain_pipe, labels=[i % num_classes for i in range(min(batch_sizes[-1], 16))],
