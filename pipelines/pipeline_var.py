@@ -106,6 +106,9 @@ class VARPipeline(DiffusionPipeline):
             vae_scale_factor=1, do_resize=True, do_normalize=False, do_binarize=False, do_convert_grayscale=True
         )
         self._runners = StaticScaleRunners()  # the fast path's static caches and CUDA graphs, kept between calls
+        # Images decoded per decoder call: bounded so decoding memory does not grow with the batch. None decodes a
+        # whole chunk at once, as the reference does (on a GPU, convolution algorithms can depend on the batch size).
+        self.decode_batch_size: Optional[int] = DECODE_BATCH_SIZE
 
     # ------------------------------------------------------------------ loading
 
@@ -454,8 +457,8 @@ class VARPipeline(DiffusionPipeline):
         self._runners.clear()
 
     def decode_latents(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [0, 1], `DECODE_BATCH_SIZE` at a time so the decoder's
-        memory does not grow with the batch.
+        """f_hat (B, vq_embed_dim, h, w) -> float32 images in [0, 1], `pipe.decode_batch_size` at a time (16 by
+        default) so the decoder's memory does not grow with the batch (None: all at once).
 
         [-1, 1] -> [0, 1] is done in the decoder's output dtype before the cast to float32, as the reference's
         `fhat_to_img(...).add_(1).mul_(0.5)` is: under autocast its images are then the reference's to the bit.
@@ -464,7 +467,7 @@ class VARPipeline(DiffusionPipeline):
         convolution algorithms than the reference's."""
         channels_last = is_channels_last(self.vqvae)
         images = []
-        for f_hat_part in f_hat.split(DECODE_BATCH_SIZE):
+        for f_hat_part in f_hat.split(self.decode_batch_size or f_hat.shape[0]):
             if channels_last:
                 with fast_decoding(f_hat.device):
                     part = self.vqvae.decode(f_hat_part.contiguous(memory_format=torch.channels_last))

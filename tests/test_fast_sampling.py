@@ -272,10 +272,20 @@ def test_decoding_in_sub_batches_matches_one_decode(pipe):
     from var_hf.fast_sampling import DECODE_BATCH_SIZE
 
     labels = [i % 5 for i in range(DECODE_BATCH_SIZE + 3)]
-    out = pipe(class_labels=labels, generator=gen(1), top_k=TOP_K, output_type="pt")
+    decoder_calls = []
+    handle = pipe.vqvae.decoder.register_forward_hook(lambda module, args, out: decoder_calls.append(len(out)))
+    try:
+        out = pipe(class_labels=labels, generator=gen(1), top_k=TOP_K, output_type="pt")
+        pipe.decode_batch_size = None  # the reference's single decode
+        at_once = pipe(class_labels=labels, generator=gen(1), top_k=TOP_K, output_type="pt")
+    finally:
+        handle.remove()
+        pipe.decode_batch_size = DECODE_BATCH_SIZE
+    assert decoder_calls == [DECODE_BATCH_SIZE, 3, DECODE_BATCH_SIZE + 3]
     with torch.no_grad():
         whole = pipe.vqvae.decode_tokens(out.token_maps).add(1).mul(0.5)
     torch.testing.assert_close(out.images, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(at_once.images, whole, atol=1e-5, rtol=0)
 
 
 def test_out_of_memory_during_capture_is_not_a_capture_failure(pipe, monkeypatch):
