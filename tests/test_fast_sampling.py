@@ -430,3 +430,23 @@ def test_per_run_constants_are_computed_once_per_run(pipe, fast):
         assert [m.data_ptr() for m in runner.constants.tensors()] == pointers
         plain_out = pipe(class_labels=[3, 4], generator=gen(3), top_k=TOP_K, output_type="latent", fast_path=False)
         assert same_tokens(fast_out.token_maps, plain_out.token_maps)
+
+
+def test_all_scales_share_one_logits_buffer():
+    """Graph outputs must stay put until read; one buffer sized for the last scale serves every scale, so the graph
+    pool does not keep every scale's logits (2.7 times the last scale's at 256px). Its copy is the float32 upcast."""
+    transformer = make_pipeline(num_classes=5).transformer.to(torch.bfloat16)
+    runner = StaticScaleRunner(transformer, batch_size=2, use_cuda_graphs=False)
+    cond = transformer.embed_class(torch.tensor([1, 5]))
+    runner.set_condition(cond)
+    cache = transformer.new_kv_cache()
+    x_2BlC = transformer.embed_first_scale(cond)
+    with torch.no_grad():
+        for si, pn in enumerate(transformer.config.patch_nums):
+            logits = runner.run(si, x_2BlC)
+            expected = transformer.forward_scale(x_2BlC, cond, cache)
+            assert logits.dtype == torch.float32 and logits.data_ptr() == runner.logits_buffer.data_ptr()
+            assert torch.equal(logits, expected)
+            if si + 1 < len(transformer.config.patch_nums):
+                nxt = transformer.config.patch_nums[si + 1]
+                x_2BlC = torch.randn(2, nxt * nxt, transformer.config.embed_dim, generator=gen(si)).bfloat16()

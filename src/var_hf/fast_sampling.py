@@ -55,8 +55,8 @@ class StaticScaleRunner:
 
     With `use_cuda_graphs` each scale is captured the first time it runs (warm-up on a side stream, capture, then
     replay) and replayed afterwards; all scales share one memory pool and always replay in capture order. Without, the
-    same steps run eagerly. With graphs, the logits returned by [`run`] live in a static buffer that the next call for
-    that scale overwrites; consume them first. The cache and the graphs stay allocated while the runner lives (at
+    same steps run eagerly. The logits returned by [`run`] are a view of one buffer that the next call (of any
+    scale) overwrites; consume them first. The cache and the graphs stay allocated while the runner lives (at
     d16 and 2 x 256 rows in bf16, about 14 GB of cache): `VARPipeline.release_fast_path()` drops them.
 
     Args:
@@ -102,7 +102,12 @@ class StaticScaleRunner:
             for pn in config.patch_nums
         ]
         self.constants: Optional[SamplingConstants] = None  # allocated by the first `set_condition`
-        self.logits_BlV: List[Optional[torch.Tensor]] = [None] * len(config.patch_nums)
+        # One float32 logits buffer sized for the largest scale, which every scale's step writes into (its copy is
+        # the upcast): a graph's output must stay put until it is read, and per-scale outputs would keep every
+        # scale's logits in the graph pool at once, 2.7 times the last scale's (5.7 GB at d30 and B=256).
+        self.logits_buffer = torch.empty(batch_size, max(config.patch_nums) ** 2, config.vocab_size,
+                                         dtype=torch.float32, device=self.device)
+        self.scale_lengths = [pn * pn for pn in config.patch_nums]
         self.graphs: List[Optional["torch.cuda.CUDAGraph"]] = [None] * len(config.patch_nums)
         self.pool = None
 
@@ -122,9 +127,12 @@ class StaticScaleRunner:
 
     def _step(self, scale_index: int) -> torch.Tensor:
         self.kv_cache.seek(self.scale_begins[scale_index])
-        return self.transformer.forward_scale(
-            self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache, constants=self.constants
+        logits_BlV = self.transformer.forward_scale(  # in the head's dtype: the copy below is the float32 upcast
+            self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache, constants=self.constants, upcast=False
         )
+        out_BlV = self.logits_buffer[:, : self.scale_lengths[scale_index]]
+        out_BlV.copy_(logits_BlV)
+        return out_BlV
 
     def _capture(self, scale_index: int):
         with torch.cuda.device(self.device):  # capture records on the current device; the model may be on another
@@ -147,7 +155,7 @@ class StaticScaleRunner:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool), self._no_autocast_cache():
-            self.logits_BlV[scale_index] = self._step(scale_index)
+            self._step(scale_index)
         self.pool = graph.pool() if self.pool is None else self.pool
         self.graphs[scale_index] = graph
 
@@ -155,7 +163,7 @@ class StaticScaleRunner:
         """Logits (batch_size, pn*pn, V), float32, of scale `scale_index`; scales must come in order 0, 1, ..."""
         self.inputs_BlC[scale_index].copy_(hidden_states_BlC)
         if not self.use_cuda_graphs:
-            return self._step(scale_index)  # not kept: only a graph needs its output to stay put
+            return self._step(scale_index)
         if self.graphs[scale_index] is None:
             try:
                 self._capture(scale_index)
@@ -166,10 +174,9 @@ class StaticScaleRunner:
                 # so it is reported and this runner continues without graphs rather than failing the call.
                 logger.warning(f"CUDA graph capture of scale {scale_index} failed ({err}); continuing without graphs.")
                 self.use_cuda_graphs, self.graphs = False, [None] * len(self.graphs)
-                self.logits_BlV = [None] * len(self.logits_BlV)
                 return self._step(scale_index)
         self.graphs[scale_index].replay()
-        return self.logits_BlV[scale_index]
+        return self.logits_buffer[:, : self.scale_lengths[scale_index]]
 
 
 class StaticScaleRunners:
@@ -231,8 +238,9 @@ DECODE_BATCH_SIZE = 16
 
 def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config=None) -> int:
     """Estimated peak memory of sampling one image with CFG: its share of the KV cache (which stays allocated) plus
-    the transient tensors of the last, largest scale (one layer's concatenated keys/values, the MLP hidden, float32
-    logits and the sampler's copies). Decoding runs afterwards in batches of `DECODE_BATCH_SIZE` and is not counted.
+    the transient tensors of the last, largest scale (one layer's concatenated keys/values, the MLP hidden, the
+    head's logits and the runner's float32 logits buffer, the sampler's copies). Decoding runs afterwards in batches
+    of `DECODE_BATCH_SIZE` and is not counted.
     An estimate for chunking; `VARPipeline` halves the chunk and retries if a batch still runs out of memory."""
     config = transformer.config
     item = next(transformer.parameters()).element_size()
@@ -240,7 +248,8 @@ def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config=None) -> 
     last = config.patch_nums[-1] ** 2
     cache = rows * config.depth * 2 * (config.seq_len - last) * C * item
     last_scale = rows * (2 * config.seq_len * C + 2 * last * round(C * config.mlp_ratio)) * item
-    sampling = rows * last * V * 4 + 5 * last * V * 4
+    # The runner's float32 logits buffer, the head's output in the model's dtype, the sampler's float32 copies.
+    sampling = rows * last * V * 4 + rows * last * V * item + 5 * last * V * 4
     return int(1.05 * (cache + last_scale + sampling))
 
 

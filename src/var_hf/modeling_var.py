@@ -659,10 +659,12 @@ class VARTransformer(VARPreTrainedModel):
         cond_BD: torch.Tensor,
         kv_cache: Optional[VARKVCache] = None,
         constants: Optional[SamplingConstants] = None,
+        upcast: bool = True,
     ) -> torch.Tensor:
         """Logits (B, l, V) in float32 for one scale's tokens, attending to everything in `kv_cache` and appending
         this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves. `constants`
-        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale."""
+        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale. `upcast=False` leaves the
+        logits in the head's dtype for a caller that upcasts them itself (copying into a float32 buffer)."""
         constants = constants if constants is not None else self.sampling_constants(cond_BD)
         x_BlC = hidden_states
         for i, block in enumerate(self.blocks):
@@ -670,14 +672,15 @@ class VARTransformer(VARPreTrainedModel):
                 x_BlC, constants.block_modulations[i], attention_mask=None, kv_cache=kv_cache,
                 attention_constants=(constants.qkv_biases[i], constants.query_scales[i]),
             )
-        return self._head_logits(self.head_norm(x_BlC, constants.head_modulation))
+        return self._head_logits(self.head_norm(x_BlC, constants.head_modulation), upcast=upcast)
 
     def logits(self, hidden_states: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """AdaLN then the linear head; float32 logits whatever the model's dtype."""
         return self._head_logits(self.head_norm(hidden_states, self.head_norm.modulation(cond_BD)))
 
-    def _head_logits(self, normed_BLC: torch.Tensor) -> torch.Tensor:
-        return self.head(normed_BLC.to(self.head.weight.dtype)).float()
+    def _head_logits(self, normed_BLC: torch.Tensor, upcast: bool = True) -> torch.Tensor:
+        logits_BLV = self.head(normed_BLC.to(self.head.weight.dtype))
+        return logits_BLV.float() if upcast else logits_BLV
 
 
 __all__ = ["SamplingConstants", "VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]
