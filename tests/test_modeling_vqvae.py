@@ -322,3 +322,16 @@ def test_sampling_step_keeps_the_dtype_of_smoothed_codes_under_autocast(vqvae):
         plain, _ = vqvae.next_scale_input(1, f_hat.clone(), h_BChw)
     assert torch.equal(got, expected) and not torch.equal(got, upcast)
     torch.testing.assert_close(plain, f_hat + vqvae.quantizer.apply_phi(1, F.interpolate(h_BChw.float(), size=(4, 4), mode="bicubic")))
+
+
+def test_quantizer_runs_in_full_precision_under_autocast(vqvae, pixel_values):
+    """Under autocast the encoder gives a bf16 latent; quantization casts it to the codebook's dtype with autocast
+    off (the reference turns autocast off there too, then fails on the bf16 latent)."""
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f_bf16 = vqvae.encode(pixel_values)
+            tokens = vqvae.quantizer.latents_to_tokens(f_bf16)
+            reconstruction = vqvae.reconstruct(pixel_values)
+        expected = vqvae.quantizer.latents_to_tokens(f_bf16.float())
+    assert f_bf16.dtype == torch.bfloat16 and torch.isfinite(reconstruction).all()
+    assert all(torch.equal(a, b) for a, b in zip(tokens, expected))

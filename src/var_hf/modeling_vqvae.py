@@ -10,6 +10,7 @@ The state-dict layout of the encoder and decoder is the reference's (the LDM/VQG
 renamed (see `conversion/convert_var_to_hf.py` for the table).
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -303,11 +304,20 @@ class MultiScaleQuantizer(nn.Module):
 
     @torch.no_grad()
     def latents_to_tokens(self, f_BChw: torch.Tensor, patch_nums: Optional[Sequence] = None) -> List[torch.Tensor]:
-        return [idx_Bl for idx_Bl, _ in self._residual_scales(f_BChw, patch_nums)]
+        with self._full_precision(f_BChw) as f_BChw:
+            return [idx_Bl for idx_Bl, _ in self._residual_scales(f_BChw, patch_nums)]
 
     @torch.no_grad()
     def latents_to_fhats(self, f_BChw: torch.Tensor, patch_nums: Optional[Sequence] = None) -> List[torch.Tensor]:
-        return [f_hat.clone() for _, f_hat in self._residual_scales(f_BChw, patch_nums)]
+        with self._full_precision(f_BChw) as f_BChw:
+            return [f_hat.clone() for _, f_hat in self._residual_scales(f_BChw, patch_nums)]
+
+    @contextlib.contextmanager
+    def _full_precision(self, f_BChw: torch.Tensor):
+        """Quantize in the codebook's dtype with autocast off, as the reference's quantizer means to (it turns
+        autocast off; on a bf16 latent from an autocast encoder it then fails, which this cast avoids)."""
+        with torch.autocast(device_type=f_BChw.device.type, enabled=False):
+            yield f_BChw.to(self.codebook.weight.dtype)
 
     def tokens_to_embeddings(self, token_maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Token maps (B, pn*pn) -> code maps (B, C, pn, pn)."""
