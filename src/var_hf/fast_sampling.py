@@ -51,7 +51,8 @@ def sort_free_filter_matches_reference(device: torch.device) -> bool:
 
 class StaticScaleRunner:
     """Runs [`VARTransformer.forward_scale`] for one batch size on buffers allocated once: per-scale inputs, the class
-    condition, a pre-allocated [`VARKVCache`] (without the last scale) and per-scale logits.
+    condition and its per-run constants, a pre-allocated [`VARKVCache`] (without the last scale) and one float32
+    logits buffer.
 
     With `use_cuda_graphs` each scale is captured the first time it runs (warm-up on a side stream, capture, then
     replay) and replayed afterwards; all scales share one memory pool and always replay in capture order. Without, the
