@@ -339,8 +339,8 @@ class VARPipeline(DiffusionPipeline):
                 top-k/top-p (on CUDA), no per-scale host syncs. `None` (default) turns it on exactly when the
                 pipeline runs on CUDA. It gives the tokens and images of `fast_path=False` for the same seed, in any
                 dtype and under autocast, ties in bf16 logits included (for vocabularies of more than 128 codes,
-                whose CUDA sort is stable); for bf16 speed load the pipeline with `dtype=torch.bfloat16`. Faster, inexact decoding is a separate opt-in: `pipe.vqvae.to(memory_format=
-                torch.channels_last)`.
+                whose CUDA sort is stable); for bf16 speed load the pipeline with `dtype=torch.bfloat16`. Faster,
+                inexact decoding is a separate opt-in: `pipe.vqvae.to(memory_format=torch.channels_last)`.
             max_batch_size (`int`, *optional*):
                 Sample in chunks of at most this many images. `None`: on CUDA, as many as the free memory should
                 hold (an estimate; a chunk that still runs out of memory is retried at half the size from rewound
