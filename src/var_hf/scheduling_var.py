@@ -199,7 +199,8 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
         # Of the tokens equal to the cut value, the prefix removed `ties_removed` (lowest vocabulary index first).
         ties_removed_Bl1 = ((ascending_BlK == cut_Bl1) & remove_BlK).sum(dim=-1, keepdim=True)
         at_cut_BlV = logits_BlV == cut_Bl1
-        keep_BlV = (logits_BlV > cut_Bl1) | (at_cut_BlV & (at_cut_BlV.cumsum(dim=-1) > ties_removed_Bl1))
+        tie_rank_BlV = at_cut_BlV.cumsum(dim=-1, dtype=torch.int32)  # int32: half the memory of the default int64
+        keep_BlV = (logits_BlV > cut_Bl1) | (at_cut_BlV & (tie_rank_BlV > ties_removed_Bl1))
         logits_BlV.masked_fill_(~keep_BlV, -torch.inf)
         return (logits_BlV, exact) if return_exact else logits_BlV
 
