@@ -369,7 +369,7 @@ class VARPipeline(DiffusionPipeline):
         edit = (image_tokens, keep_Bhw) if editing else None
         sample_args = (labels, guidance_scale, top_k, top_p, temperature, more_smooth, generator, edit, fast,
                        callback_on_step_end, callback_on_step_end_tensor_inputs)
-        generator_states = _generator_states(generator)
+        generator_states = _generator_states(generator, device)
         while True:
             try:
                 f_hat, token_maps = self._sample_in_chunks(chunk_size, *sample_args)
@@ -382,7 +382,7 @@ class VARPipeline(DiffusionPipeline):
                 self._runners.clear()
                 if torch.device(device).type == "cuda":
                     torch.cuda.empty_cache()
-                _restore_generator_states(generator, generator_states)
+                _restore_generator_states(generator, device, generator_states)
                 logger.warning(f"Out of memory with {chunk_size} images per chunk; retrying with {chunk_size // 2}.")
                 chunk_size //= 2
 
@@ -420,13 +420,13 @@ class VARPipeline(DiffusionPipeline):
                 chunk_edit = ([t[chunk] for t in edit[0]], edit[1][chunk]) if edit is not None else None
                 chunk_args = (labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator,
                               chunk_edit, fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
-                generator_states = _generator_states(chunk_generator) if sort_free else None
+                generator_states = _generator_states(chunk_generator, self._execution_device) if sort_free else None
                 f_hat, chunk_token_maps, filter_exact = self._sample_chunk(*chunk_args, sort_free=sort_free)
                 if not filter_exact:
                     # More logits tied with the k-th largest than the sort-free filter's short list holds (degenerate
                     # logits): its tokens would not be the reference's, so this chunk is drawn again, sorting.
                     logger.info("Logits tied beyond the sort-free filter's reach; re-sampling the chunk with sorting.")
-                    _restore_generator_states(chunk_generator, generator_states)
+                    _restore_generator_states(chunk_generator, self._execution_device, generator_states)
                     f_hat, chunk_token_maps, _ = self._sample_chunk(*chunk_args, sort_free=False)
                 f_hats.append(f_hat)
                 token_maps_per_chunk.append(chunk_token_maps)
@@ -553,16 +553,23 @@ class VARPipeline(DiffusionPipeline):
         return f_hat, token_maps, bool(filter_exact) if sort_free else True
 
 
-def _generator_states(generator) -> Optional[List[torch.Tensor]]:
+def _generators_drawn_from(generator, device) -> List[torch.Generator]:
+    """The generators a sampling call draws from: the given ones, or the device's default generator for None (so a
+    retried chunk can rewind the global random state too)."""
     if generator is None:
-        return None
-    return [g.get_state() for g in (generator if isinstance(generator, (list, tuple)) else [generator])]
+        device = torch.device(device)
+        if device.type == "cuda":
+            return [torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]]
+        return [torch.default_generator]
+    return list(generator) if isinstance(generator, (list, tuple)) else [generator]
 
 
-def _restore_generator_states(generator, states: Optional[List[torch.Tensor]]):
-    if generator is None:
-        return
-    for g, state in zip(generator if isinstance(generator, (list, tuple)) else [generator], states):
+def _generator_states(generator, device) -> List[torch.Tensor]:
+    return [g.get_state() for g in _generators_drawn_from(generator, device)]
+
+
+def _restore_generator_states(generator, device, states: List[torch.Tensor]):
+    for g, state in zip(_generators_drawn_from(generator, device), states):
         g.set_state(state)
 
 

@@ -266,6 +266,12 @@ def test_out_of_memory_halves_the_chunk_and_rewinds_the_generator(pipe, fast, ca
     torch.testing.assert_close(retried.images, expected.images, rtol=0, atol=0)
     with pytest.raises(torch.OutOfMemoryError):  # an explicit max_batch_size is the user's word: no retry
         pipe(generator=gen(9), callback_on_step_end=fail_on_large_chunks, max_batch_size=4, **kwargs)
+    # Without a generator the draws come from the global one, which is rewound the same way.
+    torch.manual_seed(3)
+    retried = pipe(generator=None, callback_on_step_end=fail_on_large_chunks, **kwargs)
+    torch.manual_seed(3)
+    expected = pipe(generator=None, max_batch_size=2, **kwargs)
+    assert same_tokens(retried.token_maps, expected.token_maps)
 
 
 def test_decoding_in_sub_batches_matches_one_decode(pipe):
@@ -401,6 +407,10 @@ def test_fast_path_resamples_with_sorting_when_the_sort_free_filter_cannot_be_ex
         fast = degenerate(generator=gen(6), fast_path=True, **kwargs)
     assert "re-sampling the chunk with sorting" in caplog.text
     assert same_tokens(plain.token_maps, fast.token_maps) and torch.equal(plain.images, fast.images)
+    torch.manual_seed(4)  # the global generator is rewound too
+    plain = degenerate(generator=None, fast_path=False, **kwargs)
+    torch.manual_seed(4)
+    assert same_tokens(plain.token_maps, degenerate(generator=None, fast_path=True, **kwargs).token_maps)
 
     caplog.clear()
     ordinary = make_pipeline(num_classes=5, vocab_size=300)
