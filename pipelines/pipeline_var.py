@@ -412,7 +412,8 @@ class VARPipeline(DiffusionPipeline):
                 f"Sampling {B} images in {len(chunks)} chunks of at most {chunk_size} (to fit memory). With one "
                 f"generator the draws depend on the chunking; pass one generator per image for chunk-independent results."
             )
-        sort_free = fast and sort_free_filter_matches_reference(self._execution_device)
+        device = self._execution_device
+        sort_free = fast and sort_free_filter_matches_reference(device)
         f_hats, token_maps_per_chunk = [], []
         with self.progress_bar(total=self.scheduler.num_scales * len(chunks)) as progress:
             for chunk in chunks:
@@ -420,13 +421,13 @@ class VARPipeline(DiffusionPipeline):
                 chunk_edit = ([t[chunk] for t in edit[0]], edit[1][chunk]) if edit is not None else None
                 chunk_args = (labels[chunk], guidance_scale, top_k, top_p, temperature, more_smooth, chunk_generator,
                               chunk_edit, fast, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
-                generator_states = _generator_states(chunk_generator, self._execution_device) if sort_free else None
+                generator_states = _generator_states(chunk_generator, device) if sort_free else None
                 f_hat, chunk_token_maps, filter_exact = self._sample_chunk(*chunk_args, sort_free=sort_free)
                 if not filter_exact:
                     # More logits tied with the k-th largest than the sort-free filter's short list holds (degenerate
                     # logits): its tokens would not be the reference's, so this chunk is drawn again, sorting.
                     logger.info("Logits tied beyond the sort-free filter's reach; re-sampling the chunk with sorting.")
-                    _restore_generator_states(chunk_generator, self._execution_device, generator_states)
+                    _restore_generator_states(chunk_generator, device, generator_states)
                     f_hat, chunk_token_maps, _ = self._sample_chunk(*chunk_args, sort_free=False)
                 f_hats.append(f_hat)
                 token_maps_per_chunk.append(chunk_token_maps)

@@ -51,7 +51,7 @@ def sort_free_filter_matches_reference(device: torch.device) -> bool:
 
 class StaticScaleRunner:
     """Runs [`VARTransformer.forward_scale`] for one batch size on buffers allocated once: per-scale inputs, the class
-    condition and its per-run constants, a pre-allocated [`VARKVCache`] (without the last scale) and one float32
+    condition's per-run constants, a pre-allocated [`VARKVCache`] (without the last scale) and one float32
     logits buffer.
 
     With `use_cuda_graphs` each scale is captured the first time it runs (warm-up on a side stream, capture, then
@@ -97,7 +97,6 @@ class StaticScaleRunner:
         self.scale_begins = [begin for begin, _ in config.scale_boundaries]
         head_dim = config.embed_dim // config.num_heads
         self.kv_cache = transformer.new_kv_cache().allocate(batch_size, config.num_heads, head_dim, self.dtype, self.device)
-        self.cond_BD = torch.zeros(batch_size, config.embed_dim, dtype=self.dtype, device=self.device)
         self.inputs_BlC = [
             torch.zeros(batch_size, pn * pn, config.embed_dim, dtype=self.dtype, device=self.device)
             for pn in config.patch_nums
@@ -118,7 +117,6 @@ class StaticScaleRunner:
         here once, outside the graphs (the AdaLN projection's weights are a third of the model, and at small batch
         reading weights is most of a scale's time). Call it again after changing the weights in place."""
         with torch.no_grad():
-            self.cond_BD.copy_(cond_BD)
             constants = self.transformer.sampling_constants(cond_BD)
             if self.constants is None:  # first call: keep these tensors; the graphs will point at them
                 self.constants = constants
@@ -129,7 +127,7 @@ class StaticScaleRunner:
     def _step(self, scale_index: int) -> torch.Tensor:
         self.kv_cache.seek(self.scale_begins[scale_index])
         logits_BlV = self.transformer.forward_scale(  # in the head's dtype: the copy below is the float32 upcast
-            self.inputs_BlC[scale_index], self.cond_BD, self.kv_cache, constants=self.constants, upcast=False
+            self.inputs_BlC[scale_index], None, self.kv_cache, constants=self.constants, upcast=False
         )
         out_BlV = self.logits_buffer[:, : self.scale_lengths[scale_index]]
         out_BlV.copy_(logits_BlV)

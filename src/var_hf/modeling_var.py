@@ -108,14 +108,19 @@ def modulated_layer_norm(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C
     return F.layer_norm(x_BLC, (x_BLC.shape[-1],), eps=eps).mul(scale_B1C.add(1)).add_(shift_B1C)
 
 
+def gated_update(update_BLC: torch.Tensor, gamma_B1C: torch.Tensor, keep_update_dtype: bool = False) -> torch.Tensor:
+    """`update * gamma`. With `keep_update_dtype` the product is rounded to the update's dtype, as the reference's
+    in-place `mul_` of the attention output does: under autocast with float32 gates (shared AdaLN) that is a
+    bf16/fp16 rounding the images depend on. No-op when the dtypes agree."""
+    gated_BLC = update_BLC.mul(gamma_B1C)
+    return gated_BLC.to(update_BLC.dtype) if keep_update_dtype else gated_BLC
+
+
 def gated_residual(
     x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor, keep_update_dtype: bool = False
 ) -> torch.Tensor:
-    """`x + update * gamma`. With `keep_update_dtype` the product is rounded to the update's dtype first, as the
-    reference's in-place `mul_` of the attention output does: under autocast with float32 gates (shared AdaLN) that
-    is a bf16/fp16 rounding the images depend on. No-op when the dtypes agree."""
-    gated_BLC = update_BLC.mul(gamma_B1C)
-    return x_BLC + (gated_BLC.to(update_BLC.dtype) if keep_update_dtype else gated_BLC)
+    """`x + update * gamma` (see [`gated_update`])."""
+    return x_BLC + gated_update(update_BLC, gamma_B1C, keep_update_dtype)
 
 
 def mlp_forward(x_BLC, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> torch.Tensor:
@@ -280,9 +285,7 @@ class VARBlock(GradientCheckpointingLayer):
         self, x_BLC: torch.Tensor, update_BLC: torch.Tensor, gamma_B1C: torch.Tensor, keep_update_dtype: bool
     ) -> torch.Tensor:
         if self.training and self.drop_path_rate > 0:
-            gated_BLC = update_BLC.mul(gamma_B1C)
-            gated_BLC = gated_BLC.to(update_BLC.dtype) if keep_update_dtype else gated_BLC
-            return x_BLC + drop_path(gated_BLC, self.drop_path_rate, True)
+            return x_BLC + drop_path(gated_update(update_BLC, gamma_B1C, keep_update_dtype), self.drop_path_rate, True)
         return self.ops.gated_residual(x_BLC, update_BLC, gamma_B1C, keep_update_dtype)
 
     def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
@@ -656,14 +659,14 @@ class VARTransformer(VARPreTrainedModel):
     def forward_scale(
         self,
         hidden_states: torch.Tensor,
-        cond_BD: torch.Tensor,
+        cond_BD: Optional[torch.Tensor],
         kv_cache: Optional[VARKVCache] = None,
         constants: Optional[SamplingConstants] = None,
         upcast: bool = True,
     ) -> torch.Tensor:
         """Logits (B, l, V) in float32 for one scale's tokens, attending to everything in `kv_cache` and appending
         this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves. `constants`
-        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale. `upcast=False` leaves the
+        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale; `cond_BD` is then not read. `upcast=False` leaves the
         logits in the head's dtype for a caller that upcasts them itself (copying into a float32 buffer)."""
         constants = constants if constants is not None else self.sampling_constants(cond_BD)
         x_BlC = hidden_states

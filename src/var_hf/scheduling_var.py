@@ -171,16 +171,13 @@ class VARScaleScheduler(SchedulerMixin, ConfigMixin):
         If more tokens tie with the k-th value than the slack holds, the rebuilt vector is short and the result is not
         the reference's. That is detected on the device: with `return_exact=True` this returns `(logits, exact)`,
         `exact` a 0-d bool tensor to be checked after sampling (the pipeline then re-samples the batch with
-        [`filter_logits`]). Without top-k there is no short list to sort, and this falls back to [`filter_logits`].
+        [`filter_logits`]). Without top-k there is no short list to sort, and without top-p nothing to sort: both fall
+        back to [`filter_logits`].
         """
         V = logits_BlV.shape[-1]
         exact = torch.ones((), dtype=torch.bool, device=logits_BlV.device)
-        if top_k <= 0 or top_k >= V:
+        if top_k <= 0 or top_k >= V or top_p <= 0:  # no top-p sort to avoid (or no short list): the sorting filter
             cls.filter_logits(logits_BlV, top_k=top_k, top_p=top_p)
-            return (logits_BlV, exact) if return_exact else logits_BlV
-        if top_p <= 0:
-            kth_largest_Bl1 = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False).values.amin(dim=-1, keepdim=True)
-            logits_BlV.masked_fill_(logits_BlV < kth_largest_Bl1, -torch.inf)
             return (logits_BlV, exact) if return_exact else logits_BlV
 
         K = min(V, top_k + cls.SORT_FREE_TIE_SLACK)
