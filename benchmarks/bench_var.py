@@ -7,9 +7,10 @@ Plain path (the baseline): an eager loop structured like the reference's `autore
 under bf16 autocast on CUDA, the KV cache grown by concatenation at every scale with the last scale cached too, the
 vocabulary sorted for top-p, and the decoder run eagerly under autocast. Fast path: `VARPipeline(fast_path=True)`
 with bf16 weights on CUDA (float32 on CPU): per-scale CUDA graphs on a pre-allocated cache without the last scale,
-sort-free top-k/top-p, and the opt-in channels-last VQVAE (`vqvae.to(memory_format=torch.channels_last)`: decoding
-with cuDNN autotuning; rounds differently from the reference's layout, so it is not the pipeline's default). Training step: eager under bf16 autocast (plain)
-vs selective activation checkpointing and torch.compile (fast; compiled on CUDA by default).
+per-run constants, sort-free top-k/top-p on CUDA, and the opt-in channels-last VQVAE
+(`vqvae.to(memory_format=torch.channels_last)`: decoding with cuDNN autotuning; rounds differently from the
+reference's layout, so it is not the pipeline's default). Training step: eager under bf16 autocast (plain) vs
+selective activation checkpointing and torch.compile (fast; compiled on CUDA by default).
 
 `--compile-blocks` adds `VARTransformer.compile_blocks()` (torch.compile of the blocks' pointwise pieces) to the
 fast path.
