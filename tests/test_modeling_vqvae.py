@@ -125,6 +125,27 @@ def test_training_forward_gradients(vqvae, pixel_values):
         assert vqvae.quantizer.phi[k].weight.grad.abs().sum() > 0, f"phi {k} is used by a scale but got no gradient"
 
 
+def test_vq_loss_is_summed_in_the_references_order(vqvae_config_factory):
+    """The VQ loss is the reference's to the bit: per scale beta * mse(sg(f_hat), f) + mse(f_hat, sg(f)), that sum
+    added to the total, then the total times 1/K. Summing left to right instead, or dividing by K, rounds elsewhere."""
+    torch.manual_seed(0)
+    model = MultiScaleVQVAE(vqvae_config_factory(patch_nums=(1, 2, 3, 4), channel_multipliers=(1, 1))).train()
+    with torch.no_grad():
+        model.quantizer.codebook.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    quantizer, other_order_differs = model.quantizer, False
+    for seed in range(20):
+        f_BChw = torch.randn(2, model.config.vq_embed_dim, 4, 4, generator=torch.Generator().manual_seed(seed))
+        _, vq_loss, _ = quantizer(f_BChw)
+        total = other = torch.zeros(())
+        for _, f_hat in quantizer._residual_scales(f_BChw, track_grad=True):
+            commitment, codebook = F.mse_loss(f_hat.detach(), f_BChw).mul(quantizer.beta), F.mse_loss(f_hat, f_BChw)
+            total = total + (commitment + codebook)
+            other = other + commitment + codebook
+        assert torch.equal(vq_loss, total * (1.0 / 4))
+        other_order_differs |= not torch.equal(vq_loss, other / 4)
+    assert other_order_differs, "no input told the two orders apart; the test could not fail"
+
+
 def test_straight_through_estimator(vqvae, pixel_values):
     """The reconstruction loss alone reaches the encoder through f_hat's straight-through estimator."""
     vqvae.train()
@@ -175,6 +196,45 @@ def test_phi_ticks_for_four_are_spaced_by_a_third():
     # the reference), the others are clear-cut.
     clear_cut = {0: 0, 1: 0, 3: 1, 4: 1, 5: 2, 6: 2, 8: 3, 9: 3}
     assert {k: got[k] for k in clear_cut} == clear_cut
+
+
+def residual_quantize(quantizer, f_BChw, patch_nums, phi_schedule_length):
+    """Algorithm 1 written out: nearest codes of the area-downsampled residual, bicubic upsampling, phi by the
+    reference's ticks at k / (phi_schedule_length - 1). Returns the tokens and the final f_hat."""
+    B, C, H, W = f_BChw.shape
+    f_rest, f_hat, tokens = f_BChw.clone(), torch.zeros_like(f_BChw), []
+    codes_VC = quantizer.codebook.weight
+    for k, pn in enumerate(patch_nums):
+        rest_NC = (F.interpolate(f_rest, size=(pn, pn), mode="area") if pn != H else f_rest).permute(0, 2, 3, 1).reshape(-1, C)
+        idx_N = torch.cdist(rest_NC, codes_VC).argmin(dim=1)
+        h_BChw = codes_VC[idx_N].view(B, pn, pn, C).permute(0, 3, 1, 2)
+        h_BChw = F.interpolate(h_BChw, size=(H, W), mode="bicubic") if pn != H else h_BChw
+        ticks = reference_ticks(len(quantizer.phi))
+        h_BChw = quantizer.phi[int(np.argmin(np.abs(ticks - k / (phi_schedule_length - 1))))](h_BChw)
+        f_hat, f_rest = f_hat + h_BChw, f_rest - h_BChw
+        tokens.append(idx_N.view(B, -1))
+    return tokens, f_hat
+
+
+def test_custom_encoding_schedule_picks_phi_by_its_own_length(vqvae_config_factory):
+    """`encode_tokens(x, patch_nums=...)` (the reference's `img_to_idxBl(x, v_patch_nums)`) chooses each scale's phi
+    by its position in the schedule it runs, not in the model's."""
+    torch.manual_seed(0)
+    model = MultiScaleVQVAE(vqvae_config_factory(patch_nums=(1, 2, 3, 4), channel_multipliers=(1, 1))).eval()
+    with torch.no_grad():
+        model.quantizer.codebook.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    assert len(model.quantizer.phi) == 4
+    custom = (1, 2, 4)  # scale 2 of 3 sits at 1.0 (phi 3); at 2/3 of the model's 4 scales it would take phi 2
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        f_BChw = model.encode(pixels)
+        tokens, f_hat = residual_quantize(model.quantizer, f_BChw, custom, phi_schedule_length=3)
+        _, f_hat_model_length = residual_quantize(model.quantizer, f_BChw, custom, phi_schedule_length=4)
+        assert all(torch.equal(a, b) for a, b in zip(model.encode_tokens(pixels, patch_nums=custom), tokens))
+        torch.testing.assert_close(model.quantizer.latents_to_fhats(f_BChw, custom)[-1], f_hat, atol=1e-5, rtol=0)
+        assert (f_hat - f_hat_model_length).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="at least two scales"):
+        model.encode_tokens(pixels, patch_nums=(4,))
 
 
 def test_share_quant_resi_variants(vqvae_config_factory):

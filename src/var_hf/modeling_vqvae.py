@@ -254,10 +254,13 @@ class MultiScaleQuantizer(nn.Module):
     def num_scales(self) -> int:
         return len(self.patch_nums)
 
-    def apply_phi(self, scale_index: int, h_BChw: torch.Tensor) -> torch.Tensor:
+    def apply_phi(self, scale_index: int, h_BChw: torch.Tensor, num_scales: Optional[int] = None) -> torch.Tensor:
+        """phi of scale `scale_index` of `num_scales` (default: the model's schedule); the phi is chosen by the scale's
+        position k / (K - 1) in the schedule being run, so a custom encoding schedule picks by its own length."""
         if len(self.phi) == 0:
             return h_BChw
-        return self.phi[phi_index_for_scale(scale_index, self.num_scales, len(self.phi))](h_BChw)
+        num_scales = num_scales or self.num_scales
+        return self.phi[phi_index_for_scale(scale_index, num_scales, len(self.phi))](h_BChw)
 
     def nearest_codes(self, z_NC: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for every row (L2, or cosine when `using_znorm`)."""
@@ -279,6 +282,11 @@ class MultiScaleQuantizer(nn.Module):
         is rebuilt out of place at every scale so gradients reach the codebook and phi (training)."""
         B, C, H, W = f_BChw.shape
         scale_hws = self._scale_hw(patch_nums)
+        if len(scale_hws) < 2:
+            raise ValueError(
+                f"patch_nums must hold at least two scales (coarse to fine, the last one the latent size {(H, W)}), "
+                f"got {list(patch_nums)}."
+            )
         if scale_hws[-1] != (H, W):
             raise ValueError(
                 f"The finest scale {scale_hws[-1]} must equal the latent size {(H, W)}: resize the images so the "
@@ -293,7 +301,7 @@ class MultiScaleQuantizer(nn.Module):
             h_BChw = self.codebook(idx_N.view(B, ph, pw)).permute(0, 3, 1, 2)
             if si != last:
                 h_BChw = F.interpolate(h_BChw, size=(H, W), mode="bicubic")
-            h_BChw = self.apply_phi(si, h_BChw.contiguous())
+            h_BChw = self.apply_phi(si, h_BChw.contiguous(), num_scales=len(scale_hws))
             if track_grad:
                 f_hat = f_hat + h_BChw
                 f_rest = f_rest - h_BChw.detach()
@@ -382,9 +390,11 @@ class MultiScaleQuantizer(nn.Module):
         with torch.autocast(device_type=f_BChw.device.type, enabled=False):
             for si, (idx_Bl, f_hat) in enumerate(self._residual_scales(f_BChw, track_grad=True)):
                 hits_SV[si] = idx_Bl.flatten().bincount(minlength=self.vocab_size).float()
-                # Commitment pulls the encoder to f_hat; the codebook term pulls codes (and phi) to the encoder.
-                vq_loss = vq_loss + F.mse_loss(f_hat.detach(), f_BChw).mul(self.beta) + F.mse_loss(f_hat, f_no_grad)
-            vq_loss = vq_loss / self.num_scales
+                # Commitment pulls the encoder to f_hat; the codebook term pulls codes (and phi) to the encoder. The
+                # scale's two terms are summed before they join the total, in the reference's order of rounding.
+                scale_loss = F.mse_loss(f_hat.detach(), f_BChw).mul(self.beta) + F.mse_loss(f_hat, f_no_grad)
+                vq_loss = vq_loss + scale_loss
+            vq_loss = vq_loss * (1.0 / self.num_scales)  # the reference multiplies by 1/K (not exact for K = 3)
             f_hat_st = (f_hat.detach() - f_no_grad) + f_BChw  # straight-through estimator
         if self.training:
             self._update_hits(hits_SV)
