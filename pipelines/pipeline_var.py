@@ -190,6 +190,40 @@ class VARPipeline(DiffusionPipeline):
         """
         return self.label_map.resolve_many(label)
 
+    def random_class_labels(self, batch_size: int, generator: Optional[torch.Generator] = None) -> List[int]:
+        """Class ids drawn uniformly at random (with replacement), as the reference's
+        `autoregressive_infer_cfg(B, label_B=None, g_seed=s)` draws them: one `torch.multinomial` over the classes,
+        from the generator that then samples the tokens. Pass the same generator on to the pipeline to get the
+        reference's images for `label_B=None` (with `generator=None`, the device's default generator, as its
+        `g_seed=None`).
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from var_hf import VARPipeline, DEFAULT_MODEL
+        >>> pipe = VARPipeline.from_pretrained(DEFAULT_MODEL)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> labels = pipe.random_class_labels(4, generator=generator)
+        >>> images = pipe(labels, generator=generator).images
+        >>> len(images), all(0 <= label < pipe.transformer.config.num_classes for label in labels)
+        (4, True)
+
+        ```
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"generator must be one torch.Generator (the one the sampling call will use) or None, got "
+                f"{type(generator).__name__}."
+            )
+        # The draw happens where the generator lives, as the reference's (its uniform vector sits on its rng's device).
+        device = generator.device if generator is not None else self._execution_device
+        num_classes = self.transformer.config.num_classes
+        uniform_1N = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32, device=device)
+        return torch.multinomial(uniform_1N, batch_size, replacement=True, generator=generator).reshape(-1).tolist()
+
     # ------------------------------------------------------------------ input checks
 
     def check_inputs(self, batch_size, guidance_scale, top_k, top_p, temperature, generator, output_type):

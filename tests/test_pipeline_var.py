@@ -83,6 +83,28 @@ def test_mixed_labels_and_names(pipe):
         pipe(class_labels=[5])
 
 
+def test_random_class_labels_are_drawn_like_the_reference(pipe):
+    """`random_class_labels` then sampling from the same generator is the reference's `label_B=None` run: its labels
+    come from one multinomial over the classes (never the null class), and the sampling continues the stream."""
+    generator = gen(3)
+    labels = pipe.random_class_labels(64, generator=generator)
+    # The reference's draw, `torch.multinomial(uniform_prob, B, replacement=True, generator=rng)`, written out.
+    expected = torch.multinomial(torch.full((1, 5), 0.2), 64, replacement=True, generator=gen(3)).reshape(-1).tolist()
+    assert labels == expected and set(labels) == set(range(5))
+    after_draw = pipe(class_labels=labels[:2], generator=generator, output_type="np").images
+    fresh = pipe(class_labels=labels[:2], generator=gen(3), output_type="np").images
+    assert np.abs(after_draw - fresh).max() > 1e-3  # the labels used up part of the stream, as in the reference
+    torch.manual_seed(5)
+    default_draw = pipe.random_class_labels(8)  # generator=None: the device's default generator, like g_seed=None
+    torch.manual_seed(5)
+    assert default_draw == pipe.random_class_labels(8)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            pipe.random_class_labels(bad)
+    with pytest.raises(ValueError, match="one torch.Generator"):
+        pipe.random_class_labels(2, generator=[gen(0), gen(1)])
+
+
 def test_per_image_generators_equal_single_images(pipe):
     batched = pipe(class_labels=[0, 4], generator=[gen(10), gen(11)], output_type="np").images
     first = pipe(class_labels=[0], generator=gen(10), output_type="np").images
@@ -273,6 +295,24 @@ def test_generate_command(pipe, tmp_path, capsys):
     rc = cli_main(["generate", "--model", str(model_dir), "--label", "dgo", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "Unknown class name 'dgo'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    rc = cli_main(["generate", "--model", str(model_dir), "--random-labels", "3", "--label", "dog",
+                   "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "--random-labels" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_generate_command_with_random_labels_is_the_pipeline_run(pipe, tmp_path):
+    model_dir = tmp_path / "model"
+    pipe.save_pretrained(model_dir)
+    out_dir = tmp_path / "samples"
+    assert cli_main(["generate", "--model", str(model_dir), "--random-labels", "3", "--seed", "7",
+                     "--guidance-scale", "2", "--out", str(out_dir)]) == 0
+    generator = gen(7)
+    labels = pipe.random_class_labels(3, generator=generator)
+    expected = pipe(class_labels=labels, guidance_scale=2, generator=generator, output_type="pil").images
+    files = sorted(f for f in os.listdir(out_dir) if f != "grid.png")
+    assert [int(f.split("_")[1]) for f in files] == labels
+    for name, image in zip(files, expected):
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(out_dir / name)), np.asarray(image))
 
 
 def test_generate_help_documents_every_option(capsys):
@@ -280,7 +320,7 @@ def test_generate_help_documents_every_option(capsys):
         cli_main(["generate", "--help"])
     text = capsys.readouterr().out
     for flag in ("--model", "--label", "--seed", "--guidance-scale", "--top-k", "--top-p", "--temperature",
-                 "--more-smooth", "--num-images-per-label", "--batch-size", "--device", "--dtype", "--fast-path", "--out"):
+                 "--more-smooth", "--num-images-per-label", "--random-labels", "--batch-size", "--device", "--dtype", "--fast-path", "--out"):
         assert flag in text
 
 

@@ -40,6 +40,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--label", action="append", default=None,
                         help="class id or name, repeatable (e.g. --label 207 --label 'golden retriever'); "
                              "'none' for unconditional; default: one image per class of the model, up to 16")
+    parser.add_argument("--random-labels", type=int, default=None, metavar="N",
+                        help="N class ids drawn at random from the seeded generator before sampling, as the "
+                             "reference's label_B=None (instead of --label)")
     parser.add_argument("--num-images-per-label", type=int, default=1, help="images per label")
     parser.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator")
     parser.add_argument("--guidance-scale", type=float, default=4.0,
@@ -74,10 +77,16 @@ def run_generate_command(args) -> int:
     labels = [_parse_label(t) for t in args.label] if args.label else None
     if args.num_images_per_label < 1 or args.batch_size < 1:
         raise ValueError("--num-images-per-label and --batch-size must be >= 1.")
+    if args.random_labels is not None and (labels is not None or args.random_labels < 1):
+        raise ValueError("--random-labels needs a count >= 1 and replaces --label; pass one or the other.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     pipe = VARPipeline.from_pretrained(args.model)
-    if labels is None:
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    if args.random_labels is not None:
+        # Drawn from the generator that then samples, so the run is the reference's label_B=None run for this seed.
+        labels = pipe.random_class_labels(args.random_labels, generator=generator)
+    elif labels is None:
         labels = list(range(min(pipe.transformer.config.num_classes, 16)))
     ids = pipe.get_label_ids(labels)  # fails on unknown names before any sampling
     pipe.check_inputs(1, args.guidance_scale, args.top_k, args.top_p, args.temperature, None, "pil")
@@ -86,7 +95,6 @@ def run_generate_command(args) -> int:
         pipe.vqvae.to(memory_format=torch.channels_last)
 
     requested = [i for i in ids for _ in range(args.num_images_per_label)]
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     images = []
     for start in range(0, len(requested), args.batch_size):
