@@ -24,9 +24,12 @@ import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from transformers.utils import logging
 
 from var_hf.configuration_var import VARTransformerConfig
 from var_hf.configuration_vqvae import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAEConfig
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Key tables: (reference regex, var_hf template). Every reference key must match exactly one row.
@@ -205,6 +208,11 @@ def infer_var_config(var_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int],
         # Without the per-head temperature nothing in the checkpoint has a head axis: assume 64-dim heads, the
         # released models' rule (num_heads = depth, embed_dim = 64 * depth).
         num_heads = embed_dim // 64
+        logger.warning(
+            f"{path}: the checkpoint does not store the number of heads (no attn_l2_norm temperature); assuming "
+            f"64-dim heads, num_heads={num_heads}. If the model was built with other heads, pass --num-heads "
+            f"(num_heads= in Python): a wrong head count loads without error but computes different logits."
+        )
     else:
         raise ConversionError(
             f"{path}: cannot infer the number of heads (no attn_l2_norm temperature and embed_dim={embed_dim} is not a "
@@ -356,7 +364,8 @@ def convert(vae_path: str, var_path: Optional[str], output_dir: str, patch_nums=
     """Convert a tokenizer checkpoint (and optionally a transformer one) and write them to `output_dir`.
 
     `quant_resi` and `using_znorm` describe the tokenizer but are not stored in its checkpoint; `overrides`
-    (`depth`, `num_heads`, `shared_aln`, `attn_l2_norm`, `num_classes`; None means infer) go to the transformer config.
+    (`depth`, `num_heads`, `shared_aln`, `attn_l2_norm`, `num_classes`, `norm_eps`; None means infer or default) go to
+    the transformer config.
     """
     check_output_dir(output_dir, overwrite)
     var_sd = load_reference_checkpoint(var_path) if var_path else None
@@ -421,6 +430,9 @@ def parse_args(argv=None):
     parser.add_argument("--attn-l2-norm", type=_bool, default=None,
                         help="override L2-normalised attention (true/false)")
     parser.add_argument("--num-classes", type=int, help="override the number of classes")
+    parser.add_argument("--norm-eps", type=float, default=None,
+                        help="LayerNorm epsilon of the transformer (not stored in checkpoints; default 1e-6, the "
+                             "release and the reference's default)")
     parser.add_argument("--quant-resi", type=float, default=0.5, help="phi mixing ratio (not stored in checkpoints)")
     parser.add_argument("--using-znorm", action="store_true",
                         help="the tokenizer picks codes by cosine similarity (not stored in checkpoints; the released "
@@ -447,7 +459,7 @@ def main(argv=None) -> int:
             args.vae, args.var, args.output_dir, patch_nums=_parse_patch_nums(args.patch_nums),
             overwrite=args.overwrite, quant_resi=args.quant_resi, using_znorm=args.using_znorm, depth=args.depth,
             num_heads=args.num_heads, shared_aln=args.shared_aln, attn_l2_norm=args.attn_l2_norm,
-            num_classes=args.num_classes,
+            num_classes=args.num_classes, norm_eps=args.norm_eps,
         )
     except (ConversionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

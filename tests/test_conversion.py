@@ -6,6 +6,7 @@ tables spelled out below, converted back, and compared with the source models. T
 
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -269,6 +270,23 @@ def test_var_inference(make_models, overrides, kwargs):
     assert torch.equal(transformer(class_labels, tf_input).logits, converted(class_labels, tf_input).logits)
 
 
+def test_assumed_head_count_is_announced(make_models, caplog):
+    """Without the l2-norm temperature the head count is a guess (64-dim heads); a wrong guess loads silently and
+    computes other logits, so the converter says what it assumed and how to override it."""
+    _, transformer = make_models(var_overrides=dict(attn_l2_norm=False, embed_dim=128, num_heads=4))
+    with caplog.at_level(logging.WARNING):
+        guessed = convert_var(var_to_reference(transformer), path="var_plain.pth")
+    assert guessed.config.num_heads == 2 and "var_plain.pth" in caplog.text and "--num-heads" in caplog.text
+    class_labels = torch.tensor([0, 1])
+    tf_input = torch.randn(2, transformer.config.seq_len - 1, 8, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(transformer(class_labels, tf_input).logits, guessed(class_labels, tf_input).logits)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        given = convert_var(var_to_reference(transformer), num_heads=4)
+    assert "assuming" not in caplog.text
+    assert torch.equal(transformer(class_labels, tf_input).logits, given(class_labels, tf_input).logits)
+
+
 def test_heads_cannot_be_read_without_l2_norm(make_models):
     _, transformer = make_models(var_overrides=dict(attn_l2_norm=False))  # embed_dim 32: not 64-dim heads
     with pytest.raises(ConversionError, match="--num-heads"):
@@ -299,6 +317,21 @@ def test_vqvae_alone(checkpoints, tmp_path):
     loaded = MultiScaleVQVAE.from_pretrained(out_dir / "vqvae")
     pixels = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert all(torch.equal(a, b) for a, b in zip(vqvae.encode_tokens(pixels), loaded.encode_tokens(pixels)))
+
+
+def test_norm_eps_flag(checkpoints, tmp_path):
+    """The LayerNorm epsilon is not in the checkpoint: the default is the release's 1e-6, `--norm-eps` sets another,
+    and it changes the logits (so a model trained with another epsilon needs the flag)."""
+    _, transformer, vae_path, var_path = checkpoints
+    assert transformer.config.norm_eps == 1e-6
+    assert main(["--vae", str(vae_path), "--var", str(var_path), "--output-dir", str(tmp_path / "eps"),
+                 "--norm-eps", "1e-2"]) == 0
+    loaded = VARTransformer.from_pretrained(tmp_path / "eps" / "transformer")
+    assert loaded.config.norm_eps == 1e-2
+    cfg = transformer.config
+    class_labels = torch.tensor([0, 1])
+    tf_input = torch.randn(2, cfg.seq_len - 1, cfg.vq_embed_dim, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(transformer(class_labels, tf_input).logits, loaded(class_labels, tf_input).logits)
 
 
 def test_overwrite(checkpoints, tmp_path):
