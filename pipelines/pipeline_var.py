@@ -447,7 +447,7 @@ class VARPipeline(DiffusionPipeline):
                 f"generator the draws depend on the chunking; pass one generator per image for chunk-independent results."
             )
         device = self._execution_device
-        sort_free = fast and sort_free_filter_matches_reference(device)
+        sort_free = fast and sort_free_filter_matches_reference(device, self.transformer.config.vocab_size)
         f_hats, token_maps_per_chunk = [], []
         with self.progress_bar(total=self.scheduler.num_scales * len(chunks)) as progress:
             for chunk in chunks:

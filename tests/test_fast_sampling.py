@@ -46,6 +46,17 @@ def test_sort_free_filter_matches_sorting_filter(top_k, top_p):
     assert int(kept.min()) >= 1 and (top_k == 0 or top_k > 32 or int(kept.max()) <= top_k)
 
 
+def test_sort_free_filtering_is_chosen_where_the_device_sort_is_stable():
+    """Sort-free filtering breaks ties like a stable sort, so it is used only where the reference's sort is one: CUDA
+    rows of more than 128 entries (radix sort), not the CPU sort nor CUDA's bitonic/warp sorts of short rows."""
+    from var_hf.fast_sampling import sort_free_filter_matches_reference
+
+    cuda = torch.device("cuda")  # only the device type is read; no GPU is needed
+    assert sort_free_filter_matches_reference(cuda, 4096) and sort_free_filter_matches_reference(cuda, 129)
+    assert not sort_free_filter_matches_reference(cuda, 128) and not sort_free_filter_matches_reference(cuda, 32)
+    assert not sort_free_filter_matches_reference(torch.device("cpu"), 4096)
+
+
 def test_sort_free_filter_at_vocabulary_scale():
     logits_BlV = torch.randn(2, 64, 4096, generator=gen(1)) * 2
     expected = VARScaleScheduler.filter_logits(logits_BlV.clone(), top_k=900, top_p=0.95)
@@ -402,7 +413,7 @@ def test_fast_path_resamples_with_sorting_when_the_sort_free_filter_cannot_be_ex
         degenerate.transformer.head.bias.zero_()
     kwargs = dict(class_labels=[0, 3], top_k=100, top_p=0.9, output_type="pt")
     plain = degenerate(generator=gen(6), fast_path=False, **kwargs)
-    monkeypatch.setattr(pipeline_module, "sort_free_filter_matches_reference", lambda device: True)
+    monkeypatch.setattr(pipeline_module, "sort_free_filter_matches_reference", lambda device, vocab_size: True)
     with caplog.at_level("INFO"):
         fast = degenerate(generator=gen(6), fast_path=True, **kwargs)
     assert "re-sampling the chunk with sorting" in caplog.text

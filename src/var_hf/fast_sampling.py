@@ -42,11 +42,17 @@ def resolve_fast_path(fast_path: Optional[bool], device: torch.device) -> bool:
     return fast_path
 
 
-def sort_free_filter_matches_reference(device: torch.device) -> bool:
-    """Whether the sort-free top-k/top-p gives the reference's tokens on this device, ties included. It removes tied
-    tokens in vocabulary order, the order of a stable sort; PyTorch's CUDA sort of more than 128 entries is a stable
-    radix sort (VAR's vocabulary is 4096), its CPU sort is not. So the fast path filters sort-free on CUDA only."""
-    return torch.device(device).type == "cuda"
+# PyTorch's CUDA sort of a row longer than this is a radix sort, which is stable; shorter rows go to a warp merge sort
+# or (up to 32, unless stable=True is asked) a bitonic sort, which is not (`sortKeyValueInplace` in ATen's Sort.cu).
+CUDA_STABLE_SORT_MIN_LENGTH = 129
+
+
+def sort_free_filter_matches_reference(device: torch.device, vocab_size: int) -> bool:
+    """Whether the sort-free top-k/top-p gives the reference's tokens here, ties included. It removes tied tokens in
+    vocabulary order, the order of a stable sort: PyTorch's CUDA sort of more than 128 entries is a stable radix sort
+    (VAR's vocabulary is 4096), its CPU sort and its CUDA sort of short rows are not. So the fast path filters
+    sort-free on CUDA for vocabularies of more than 128 codes only."""
+    return torch.device(device).type == "cuda" and vocab_size >= CUDA_STABLE_SORT_MIN_LENGTH
 
 
 class StaticScaleRunner:
@@ -272,4 +278,5 @@ __all__ = [
     "resolve_fast_path",
     "sampling_bytes_per_image",
     "sort_free_filter_matches_reference",
+    "CUDA_STABLE_SORT_MIN_LENGTH",
 ]
