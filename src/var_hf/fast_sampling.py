@@ -268,6 +268,7 @@ def max_batch_for_memory(transformer: VARTransformer, vqvae_config, device: torc
 
 
 __all__ = [
+    "CUDA_STABLE_SORT_MIN_LENGTH",
     "DECODE_BATCH_SIZE",
     "autocast_state",
     "StaticScaleRunner",
@@ -278,5 +279,4 @@ __all__ = [
     "resolve_fast_path",
     "sampling_bytes_per_image",
     "sort_free_filter_matches_reference",
-    "CUDA_STABLE_SORT_MIN_LENGTH",
 ]

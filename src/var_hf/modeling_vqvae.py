@@ -285,7 +285,7 @@ class MultiScaleQuantizer(nn.Module):
         if len(scale_hws) < 2:
             raise ValueError(
                 f"patch_nums must hold at least two scales (coarse to fine, the last one the latent size {(H, W)}), "
-                f"got {list(patch_nums)}."
+                f"got {list(patch_nums or self.patch_nums)}."
             )
         if scale_hws[-1] != (H, W):
             raise ValueError(
