@@ -334,8 +334,9 @@ class VARPipeline(DiffusionPipeline):
         Generate images.
 
         Args:
-            class_labels (`int`, `str`, `None` or a list of them):
-                Class ids, class names (`pipe.labels`), or `None` for unconditional samples (the null class).
+            class_labels (`int`, `str`, `None`, a list of them, or a 1-d integer tensor / array):
+                Class ids, class names (`pipe.labels`), or `None` for unconditional samples (the null class). A tensor
+                is one id per image, like the reference's `label_B`.
             guidance_scale (`float`, *optional*, defaults to 4.0):
                 The reference's `cfg`: at scale k, `logits = (1 + t_k) cond - t_k uncond` with `t_k = guidance_scale *
                 k / (K - 1)` (linear schedule). 0 disables guidance.

@@ -83,6 +83,18 @@ def test_mixed_labels_and_names(pipe):
         pipe(class_labels=[5])
 
 
+def test_labels_as_a_tensor_or_array(pipe):
+    """The reference's `label_B` is a LongTensor: a 1-d tensor or array is one id per image."""
+    expected = pipe(class_labels=[2, 1], generator=gen(0), output_type="np").images
+    for labels in (torch.tensor([2, 1]), np.array([2, 1])):
+        np.testing.assert_array_equal(pipe(class_labels=labels, generator=gen(0), output_type="np").images, expected)
+    assert pipe.get_label_ids(torch.tensor(3)) == [3]
+    with pytest.raises(ValueError, match="0-d or 1-d"):
+        pipe(class_labels=torch.tensor([[2, 1]]))
+    with pytest.raises(ValueError, match="out of range"):
+        pipe(class_labels=torch.tensor([0, 5]))
+
+
 def test_random_class_labels_are_drawn_like_the_reference(pipe):
     """`random_class_labels` then sampling from the same generator is the reference's `label_B=None` run: its labels
     come from one multinomial over the classes (never the null class), and the sampling continues the stream."""

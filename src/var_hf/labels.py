@@ -75,6 +75,14 @@ class LabelMap:
         raise ValueError(f"Class labels must be ints, names or None, got {type(label).__name__}: {label!r}.")
 
     def resolve_many(self, labels: Union[LabelLike, Sequence[LabelLike]]) -> List[int]:
+        """Labels -> class ids. Also takes a 0-d or 1-d integer tensor or array, like the reference's `label_B`."""
+        if hasattr(labels, "ndim") and hasattr(labels, "tolist"):  # torch.Tensor, np.ndarray
+            if labels.ndim > 1:
+                raise ValueError(
+                    f"Class labels given as a tensor or array must be 0-d or 1-d (one id per image), got shape "
+                    f"{tuple(labels.shape)}; flatten it or pass a list."
+                )
+            labels = labels.tolist()
         if labels is None or isinstance(labels, (int, str)) or hasattr(labels, "__index__"):
             labels = [labels]
         return [self.resolve(label) for label in labels]
