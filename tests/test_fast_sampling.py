@@ -434,8 +434,8 @@ def test_fast_path_resamples_with_sorting_when_the_sort_free_filter_cannot_be_ex
 @pytest.mark.parametrize("fast", [False, True])
 def test_per_run_constants_are_computed_once_per_run(pipe, fast):
     """AdaLN vectors (and the attentions' biases and query scales) do not change across scales; the AdaLN projection
-    is a third of the weights, so both paths compute them once per batch instead of once per scale. A runner refills its buffers in place (its graphs point
-    at them) and a new class condition gives the plain path's tokens."""
+    is a third of the weights, so both paths compute them once per batch instead of once per scale. A runner refills
+    its buffers in place (its graphs point at them) and a new class condition gives the plain path's tokens."""
     calls = []
     handles = [block.adaln.register_forward_hook(lambda *args: calls.append(1)) for block in pipe.transformer.blocks]
     try:

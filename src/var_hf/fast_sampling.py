@@ -244,8 +244,8 @@ DECODE_BATCH_SIZE = 16
 def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config=None) -> int:
     """Estimated peak memory of sampling one image with CFG: its share of the KV cache (which stays allocated) plus
     the transient tensors of the last, largest scale (one layer's concatenated keys/values, the MLP hidden, the
-    head's logits and the runner's float32 logits buffer, the sampler's copies). Decoding runs afterwards in batches
-    of `DECODE_BATCH_SIZE` and is not counted.
+    head's logits and the runner's float32 logits buffer, the sampler's copies). Decoding runs afterwards,
+    `pipe.decode_batch_size` images at a time (`DECODE_BATCH_SIZE` by default), and is not counted.
     An estimate for chunking; `VARPipeline` halves the chunk and retries if a batch still runs out of memory."""
     config = transformer.config
     item = next(transformer.parameters()).element_size()

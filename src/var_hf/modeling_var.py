@@ -666,8 +666,9 @@ class VARTransformer(VARPreTrainedModel):
     ) -> torch.Tensor:
         """Logits (B, l, V) in float32 for one scale's tokens, attending to everything in `kv_cache` and appending
         this scale's keys/values to it. With `kv_cache=None` the tokens attend only to themselves. `constants`
-        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale; `cond_BD` is then not read. `upcast=False` leaves the
-        logits in the head's dtype for a caller that upcasts them itself (copying into a float32 buffer)."""
+        ([`sampling_constants`] of `cond_BD`) saves recomputing them at every scale; `cond_BD` is then not read.
+        `upcast=False` leaves the logits in the head's dtype for a caller that upcasts them itself (copying into a
+        float32 buffer)."""
         constants = constants if constants is not None else self.sampling_constants(cond_BD)
         x_BlC = hidden_states
         for i, block in enumerate(self.blocks):
