@@ -2,15 +2,16 @@
 
 from typing import Optional, Sequence
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig
 from transformers.utils import logging
 
+from .configuration_utils import VARHFConfig, check_bool, check_float, check_int, check_patch_nums
 from .configuration_vqvae import PATCH_NUMS_256, PATCH_NUMS_512
 
 logger = logging.get_logger(__name__)
 
 
-class VARTransformerConfig(PretrainedConfig):
+class VARTransformerConfig(VARHFConfig):
     r"""
     Configuration of [`VARTransformer`], the GPT-2-like decoder with AdaLN class conditioning that predicts every token
     map from all coarser ones.
@@ -100,6 +101,8 @@ class VARTransformerConfig(PretrainedConfig):
         init_std: float = -1.0,
         **kwargs,
     ):
+        # The derived defaults below compute with `depth`: check it first.
+        check_int("depth", depth, minimum=1)
         self.vocab_size = vocab_size
         self.vq_embed_dim = vq_embed_dim
         self.num_classes = num_classes
@@ -115,16 +118,34 @@ class VARTransformerConfig(PretrainedConfig):
         self.attn_l2_norm = attn_l2_norm
         self.cond_drop_rate = cond_drop_rate
         self.label_smoothing = label_smoothing
-        self.patch_nums = list(patch_nums)
+        self.patch_nums = list(patch_nums) if isinstance(patch_nums, (list, tuple)) else patch_nums
         self.init_adaln = init_adaln
         self.init_adaln_gamma = init_adaln_gamma
         self.init_head = init_head
         self.init_std = init_std
         super().__init__(**kwargs)
+        self.check_fields()
+
+    def check_fields(self):
+        """Types and ranges of every field, each error naming its field (see `configuration_utils`)."""
+        check_int("vocab_size", self.vocab_size, minimum=2)
+        check_int("vq_embed_dim", self.vq_embed_dim, minimum=1)
+        check_int("num_classes", self.num_classes, minimum=1)
+        check_int("depth", self.depth, minimum=1)
+        check_int("embed_dim", self.embed_dim, minimum=1)
+        check_int("num_heads", self.num_heads, minimum=1)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads}).")
-        if len(self.patch_nums) < 2 or any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:])):
-            raise ValueError(f"patch_nums must hold at least two strictly increasing sides, got {self.patch_nums}.")
+        check_float("mlp_ratio", self.mlp_ratio, minimum=0, exclusive_minimum=True)
+        for name in ("dropout", "attention_dropout", "drop_path_rate", "label_smoothing"):
+            check_float(name, getattr(self, name), minimum=0, maximum=1, exclusive_maximum=True)
+        check_float("cond_drop_rate", self.cond_drop_rate, minimum=0, maximum=1)
+        check_float("norm_eps", self.norm_eps, minimum=0, exclusive_minimum=True)
+        check_bool("shared_aln", self.shared_aln)
+        check_bool("attn_l2_norm", self.attn_l2_norm)
+        self.patch_nums = check_patch_nums(self.patch_nums)
+        for name in ("init_adaln", "init_adaln_gamma", "init_head", "init_std"):
+            check_float(name, getattr(self, name))
 
     @property
     def num_scales(self) -> int:
@@ -169,5 +190,9 @@ NAMED_VAR_CONFIGS = {
     },
     "var_d36": dict(depth=36, shared_aln=True, attn_l2_norm=True, patch_nums=PATCH_NUMS_512),
 }
+
+# `AutoConfig.from_pretrained` on a saved transformer, once this module is imported (see also `auto_map` in
+# `modeling_utils`, which works without importing var_hf first).
+AutoConfig.register(VARTransformerConfig.model_type, VARTransformerConfig, exist_ok=True)
 
 __all__ = ["VARTransformerConfig", "NAMED_VAR_CONFIGS"]

@@ -2,8 +2,10 @@
 
 from typing import Sequence
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig
 from transformers.utils import logging
+
+from .configuration_utils import VARHFConfig, check_bool, check_float, check_int, check_int_list, check_patch_nums
 
 logger = logging.get_logger(__name__)
 
@@ -11,7 +13,7 @@ PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
-class MultiScaleVQVAEConfig(PretrainedConfig):
+class MultiScaleVQVAEConfig(VARHFConfig):
     r"""
     Configuration of [`MultiScaleVQVAE`]: a VQGAN-style encoder/decoder around a multi-scale residual quantizer that
     turns an image into `len(patch_nums)` token maps, coarse to fine, drawn from one shared codebook (VAR, Sec. 3.2).
@@ -88,7 +90,9 @@ class MultiScaleVQVAEConfig(PretrainedConfig):
     ):
         self.in_channels = in_channels
         self.base_channels = base_channels
-        self.channel_multipliers = list(channel_multipliers)
+        self.channel_multipliers = (
+            list(channel_multipliers) if isinstance(channel_multipliers, (list, tuple)) else channel_multipliers
+        )
         self.num_res_blocks = num_res_blocks
         self.dropout = dropout
         self.use_attention = use_attention
@@ -101,18 +105,33 @@ class MultiScaleVQVAEConfig(PretrainedConfig):
         self.quant_resi = quant_resi
         self.share_quant_resi = share_quant_resi
         self.num_quant_resi = num_quant_resi
-        self.patch_nums = list(patch_nums)
+        self.patch_nums = list(patch_nums) if isinstance(patch_nums, (list, tuple)) else patch_nums
         super().__init__(**kwargs)
-        self.validate_vqvae()
+        self.check_fields()
 
-    def validate_vqvae(self):
-        if len(self.patch_nums) < 2 or any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:])):
+    def check_fields(self):
+        """Types and ranges of every field, each error naming its field (see `configuration_utils`)."""
+        check_int("in_channels", self.in_channels, minimum=1)
+        check_int("base_channels", self.base_channels, minimum=1)
+        self.channel_multipliers = check_int_list("channel_multipliers", self.channel_multipliers, minimum=1)
+        check_int("num_res_blocks", self.num_res_blocks, minimum=1)
+        check_float("dropout", self.dropout, minimum=0, maximum=1, exclusive_maximum=True)
+        check_bool("use_attention", self.use_attention)
+        check_bool("use_mid_attention", self.use_mid_attention)
+        check_int("vocab_size", self.vocab_size, minimum=2)
+        check_int("vq_embed_dim", self.vq_embed_dim, minimum=1)
+        check_float("beta", self.beta, minimum=0)
+        check_bool("using_znorm", self.using_znorm)
+        check_int("quant_conv_kernel_size", self.quant_conv_kernel_size, minimum=1)
+        if self.quant_conv_kernel_size % 2 == 0:
             raise ValueError(
-                f"patch_nums must hold at least two strictly increasing sides, got {self.patch_nums}; "
-                "use e.g. (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)."
+                f"quant_conv_kernel_size must be odd (the convolution keeps the latent's size), got "
+                f"{self.quant_conv_kernel_size}."
             )
-        if self.share_quant_resi < 0:
-            raise ValueError(f"share_quant_resi must be >= 0, got {self.share_quant_resi}.")
+        check_float("quant_resi", self.quant_resi)
+        check_int("share_quant_resi", self.share_quant_resi, minimum=0)
+        check_int("num_quant_resi", self.num_quant_resi, minimum=0)
+        self.patch_nums = check_patch_nums(self.patch_nums)
         for mult in self.channel_multipliers:
             if (self.base_channels * mult) % 32:
                 raise ValueError(
@@ -152,5 +171,9 @@ NAMED_VQVAE_CONFIGS = {
         vq_embed_dim=32, share_quant_resi=4, quant_resi=0.5, using_znorm=False, beta=0.25,
     ),
 }
+
+# `AutoConfig.from_pretrained` on a saved VQVAE, once this module is imported (see also `auto_map` in
+# `modeling_utils`, which works without importing var_hf first).
+AutoConfig.register(MultiScaleVQVAEConfig.model_type, MultiScaleVQVAEConfig, exist_ok=True)
 
 __all__ = ["MultiScaleVQVAEConfig", "NAMED_VQVAE_CONFIGS", "PATCH_NUMS_256", "PATCH_NUMS_512"]

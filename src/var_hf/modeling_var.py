@@ -11,86 +11,27 @@ coarser scales ([`VARKVCache`]).
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-from transformers import PreTrainedModel
+from transformers import AutoModel
+from transformers import PreTrainedModel  # noqa: F401  (diffusers finds a component's loader by this module attribute)
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, logging
 
 from .configuration_var import VARTransformerConfig
+from .kv_cache import SamplingConstants, VARKVCache
+from .modeling_utils import (  # noqa: F401  (the checkpointing policy is re-exported for benchmarks)
+    SELECTIVE_CHECKPOINT_SAVED_OPS,
+    VARHFPreTrainedModel,
+    _selective_checkpoint_policy,
+    selective_checkpoint_context,
+)
 
 logger = logging.get_logger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# KV cache
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class VARKVCache:
-    """Per-layer key/value cache for scale-by-scale sampling.
-
-    With `max_len` the cache is pre-allocated once and filled in place (no concatenation per scale); without it, keys
-    and values are concatenated as in the reference. Both give the same numbers.
-    """
-
-    def __init__(self, num_layers: int, max_len: Optional[int] = None):
-        self.max_len = max_len
-        self.keys: List[Optional[torch.Tensor]] = [None] * num_layers
-        self.values: List[Optional[torch.Tensor]] = [None] * num_layers
-        self.lengths = [0] * num_layers
-
-    def update(self, layer_idx: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor):
-        """Append this scale's keys/values (B, H, l, c) and return all of them so far (B, H, L_so_far, c).
-
-        A pre-allocated cache holds everything but the last scale: that scale's keys/values are only attended to by
-        its own queries, so they are concatenated for this call and not stored.
-        """
-        start, end = self.lengths[layer_idx], self.lengths[layer_idx] + k_BHlc.shape[2]
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.max_len is None:
-            if keys is not None:
-                k_BHlc, v_BHlc = torch.cat((keys, k_BHlc), dim=2), torch.cat((values, v_BHlc), dim=2)
-            self.keys[layer_idx], self.values[layer_idx] = k_BHlc, v_BHlc
-            self.lengths[layer_idx] = end
-            return k_BHlc, v_BHlc
-        if end > self.max_len:  # the last scale: attend, don't store
-            if keys is None:
-                return k_BHlc, v_BHlc
-            return torch.cat((keys[:, :, :start], k_BHlc), dim=2), torch.cat((values[:, :, :start], v_BHlc), dim=2)
-        if keys is None:
-            B, H, _, c = k_BHlc.shape
-            keys = self.keys[layer_idx] = k_BHlc.new_empty(B, H, self.max_len, c)
-            values = self.values[layer_idx] = v_BHlc.new_empty(B, H, self.max_len, c)
-        keys[:, :, start:end] = k_BHlc
-        values[:, :, start:end] = v_BHlc
-        self.lengths[layer_idx] = end
-        return keys[:, :, :end], values[:, :, :end]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.lengths[layer_idx]
-
-    def allocate(self, batch_size: int, num_heads: int, head_dim: int, dtype: torch.dtype, device) -> "VARKVCache":
-        """Allocate every layer's buffers now rather than at the first update: buffers that never move are what a
-        captured CUDA graph needs. Pre-allocated caches only."""
-        if self.max_len is None:
-            raise ValueError("Only a pre-allocated cache (max_len set) can be allocated up front.")
-        shape = (batch_size, num_heads, self.max_len, head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.keys]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.values]
-        return self
-
-    def seek(self, length: int):
-        """Treat the first `length` positions of every layer as filled: the next update writes from there. Lets a
-        replayed scale rewrite its own slot instead of appending."""
-        if self.max_len is None or not 0 <= length <= self.max_len:
-            raise ValueError(f"seek({length}) needs a pre-allocated cache and 0 <= length <= {self.max_len}.")
-        self.lengths = [length] * len(self.lengths)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -226,33 +167,6 @@ class AdaLNModulation(nn.Module):
         return self.linear(F.silu(cond_BD)).view(-1, 1, self.num_chunks, self.embed_dim)
 
 
-# Selective activation checkpointing: a block keeps the outputs of its matrix products and attention (expensive to
-# recompute) and recomputes the pointwise work around them (LayerNorm, AdaLN modulation, casts, GELU, gates), which
-# holds most of a block's saved bytes and costs little to redo.
-_aten = torch.ops.aten
-SELECTIVE_CHECKPOINT_SAVED_OPS = frozenset(
-    {
-        _aten.mm.default,
-        _aten.addmm.default,
-        _aten.bmm.default,
-        _aten._scaled_dot_product_efficient_attention.default,
-        _aten._scaled_dot_product_flash_attention.default,
-        _aten._scaled_dot_product_flash_attention_for_cpu.default,
-        _aten._scaled_dot_product_cudnn_attention.default,
-    }
-)
-
-
-def _selective_checkpoint_policy(ctx, op, *args, **kwargs):
-    return CheckpointPolicy.MUST_SAVE if op in SELECTIVE_CHECKPOINT_SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-def selective_checkpoint_context():
-    """`context_fn` for `torch.utils.checkpoint.checkpoint`: PyTorch's selective activation checkpointing with the
-    policy above."""
-    return create_selective_checkpoint_contexts(_selective_checkpoint_policy)
-
-
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth per sample (timm's rule, scaled by 1 / keep)."""
     if drop_prob == 0.0 or not training:
@@ -333,23 +247,6 @@ class AdaLNBeforeHead(nn.Module):
         return self.ops.modulated_layer_norm(hidden_states, scale, shift, self.ln.eps)
 
 
-class SamplingConstants(NamedTuple):
-    """What every scale of a sampling run would recompute from the class condition and the weights alone, computed
-    once per run instead (same operations, same numbers): the AdaLN vectors of every block (B, 1, 6, C) and of the
-    head (B, 1, 2, C), and each attention's qkv bias (3C,) and query scale ((1, H, 1, 1), or None without
-    `attn_l2_norm`)."""
-
-    block_modulations: List[torch.Tensor]
-    head_modulation: torch.Tensor
-    qkv_biases: List[torch.Tensor]
-    query_scales: List[Optional[torch.Tensor]]
-
-    def tensors(self) -> List[torch.Tensor]:
-        """All of them, in a fixed order (for static buffers)."""
-        return [*self.block_modulations, self.head_modulation, *self.qkv_biases,
-                *(scale for scale in self.query_scales if scale is not None)]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Pretrained model
 # ----------------------------------------------------------------------------------------------------------------------
@@ -372,13 +269,22 @@ class VARTransformerOutput(ModelOutput):
     hidden_states: Optional[torch.FloatTensor] = None
 
 
-class VARPreTrainedModel(PreTrainedModel):
+class VARPreTrainedModel(VARHFPreTrainedModel):
     config_class = VARTransformerConfig
     base_model_prefix = "transformer"
     main_input_name = "class_labels"
     _no_split_modules = ["VARBlock"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    auto_module = "var_hf.modeling_var"
+
+    def likely_loading_cause(self, checkpoint_keys: set, expected_keys: set) -> Optional[str]:
+        if any(key.startswith(("encoder.", "decoder.", "quantizer.")) for key in checkpoint_keys):
+            return "the weights are a MultiScaleVQVAE's (in a saved pipeline: the 'vqvae/' folder, not 'transformer/')"
+        saved_depth = len({key.split(".")[1] for key in checkpoint_keys if key.startswith("blocks.")})
+        if saved_depth != self.config.depth:
+            return f"the checkpoint holds {saved_depth} blocks but config.json says depth={self.config.depth}"
+        return None
 
     def _std(self) -> float:
         return self.config.init_std if self.config.init_std >= 0 else math.sqrt(1 / self.config.embed_dim / 3)
@@ -686,5 +592,8 @@ class VARTransformer(VARPreTrainedModel):
         logits_BLV = self.head(normed_BLC.to(self.head.weight.dtype))
         return logits_BLV.float() if upcast else logits_BLV
 
+
+# `AutoModel.from_pretrained` on a saved transformer, once this module is imported.
+AutoModel.register(VARTransformerConfig, VARTransformer, exist_ok=True)
 
 __all__ = ["SamplingConstants", "VARTransformer", "VARPreTrainedModel", "VARTransformerOutput", "VARKVCache"]

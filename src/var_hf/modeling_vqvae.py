@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import AutoModel
+from transformers import PreTrainedModel  # noqa: F401  (diffusers finds a component's loader by this module attribute)
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_vqvae import MultiScaleVQVAEConfig
+from .modeling_utils import VARHFPreTrainedModel
 
 logger = logging.get_logger(__name__)
 
@@ -442,12 +444,18 @@ class MultiScaleVQVAEOutput(ModelOutput):
     codebook_usage: Optional[torch.FloatTensor] = None
 
 
-class MultiScaleVQVAEPreTrainedModel(PreTrainedModel):
+class MultiScaleVQVAEPreTrainedModel(VARHFPreTrainedModel):
     config_class = MultiScaleVQVAEConfig
     base_model_prefix = "vqvae"
     main_input_name = "pixel_values"
     _no_split_modules = ["VQVAEResnetBlock", "VQVAEAttnBlock"]
     supports_gradient_checkpointing = False
+    auto_module = "var_hf.modeling_vqvae"
+
+    def likely_loading_cause(self, checkpoint_keys: set, expected_keys: set) -> Optional[str]:
+        if any(key.startswith(("blocks.", "word_embed.", "head.")) for key in checkpoint_keys):
+            return "the weights are a VARTransformer's (in a saved pipeline: the 'transformer/' folder, not 'vqvae/')"
+        return None
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -577,5 +585,8 @@ class MultiScaleVQVAE(MultiScaleVQVAEPreTrainedModel):
             return reconstruction, vq_loss, hits_SV, usage
         return MultiScaleVQVAEOutput(reconstruction=reconstruction, vq_loss=vq_loss, code_hits=hits_SV, codebook_usage=usage)
 
+
+# `AutoModel.from_pretrained` on a saved VQVAE, once this module is imported.
+AutoModel.register(MultiScaleVQVAEConfig, MultiScaleVQVAE, exist_ok=True)
 
 __all__ = ["MultiScaleVQVAE", "MultiScaleVQVAEPreTrainedModel", "MultiScaleVQVAEOutput", "MultiScaleQuantizer"]
