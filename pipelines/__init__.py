@@ -1,6 +1,5 @@
-"""diffusers pipelines of var_hf (installed as `var_hf.pipelines`)."""
+"""diffusers pipelines of var_hf (installed as `var_hf.pipelines`). The scheduler lives in `var_hf.scheduling_var`."""
 
-from ..scheduling_var import VARScaleScheduler, VARSchedulerOutput
-from .pipeline_var import VARPipeline, VARPipelineOutput
+from var_hf.pipelines.pipeline_var import VARPipeline, VARPipelineOutput
 
-__all__ = ["VARPipeline", "VARPipelineOutput", "VARScaleScheduler", "VARSchedulerOutput"]
+__all__ = ["VARPipeline", "VARPipelineOutput"]

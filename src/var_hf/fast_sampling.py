@@ -1,6 +1,6 @@
-"""The fast sampling path of [`VARPipeline`]: static per-scale transformer steps replayed as CUDA graphs, a sort-free
-top-k/top-p (in the scheduler) and batch chunking by free memory; plus the opt-in channels-last decoding with cuDNN
-autotuning.
+"""The experimental fast sampling path of [`VARPipeline`] (`fast_path=True`): static per-scale transformer steps
+replayed as CUDA graphs and a sort-free top-k/top-p (in the scheduler); plus the opt-in channels-last decoding with
+cuDNN autotuning. Batching by memory lives in `var_hf.sampling_batching`.
 
 Why it stays exact: VAR's shapes are static per scale (scale k always has pn_k^2 tokens attending to the same cache
 prefix), so each scale's transformer step can be captured once as a CUDA graph on buffers that never move. A replay
@@ -9,9 +9,9 @@ eager ones; the time saved is the launch overhead of the hundreds of small kerne
 small batch. Numerics change only where the user changes the dtype (load the pipeline with
 `dtype=torch.bfloat16`).
 
-The path is chosen by a rule, not by what happens to be installed: `fast_path=None` means "on when the pipeline runs
-on CUDA". On other devices (and in the CPU tests) `fast_path=True` runs the same static steps eagerly, on the same
-buffers, without graphs.
+The path is opt-in on every device: the default is the plain loop. On CUDA `fast_path=True` captures and replays
+graphs; elsewhere (and in the CPU tests) it runs the same static steps eagerly, on the same buffers, without graphs.
+`tests/test_cuda_graphs.py` (run by `benchmarks/gpu_session.sh`) compares it bit for bit with the plain loop on a GPU.
 """
 
 import contextlib
@@ -33,12 +33,12 @@ def autocast_state(device: torch.device) -> Tuple[bool, Optional[torch.dtype]]:
     return (True, torch.get_autocast_dtype(device_type))
 
 
-def resolve_fast_path(fast_path: Optional[bool], device: torch.device) -> bool:
-    """`None` -> on for CUDA, off elsewhere; `True`/`False` are taken as given."""
+def resolve_fast_path(fast_path: Optional[bool]) -> bool:
+    """The fast path is opt-in on every device: `True` turns it on; `False` and `None` (the default) leave it off."""
     if fast_path is None:
-        return torch.device(device).type == "cuda"
+        return False
     if not isinstance(fast_path, bool):
-        raise ValueError(f"fast_path must be True, False or None (on for CUDA), got {fast_path!r}.")
+        raise ValueError(f"fast_path must be True or False (None: the default, off), got {fast_path!r}.")
     return fast_path
 
 
@@ -237,46 +237,13 @@ def fast_decoding(device: torch.device):
         torch.backends.cudnn.benchmark = previous
 
 
-# The pipeline decodes at most this many images at a time, so the decoder's memory does not grow with the batch.
-DECODE_BATCH_SIZE = 16
-
-
-def sampling_bytes_per_image(transformer: VARTransformer, vqvae_config=None) -> int:
-    """Estimated peak memory of sampling one image with CFG: its share of the KV cache (which stays allocated) plus
-    the transient tensors of the last, largest scale (one layer's concatenated keys/values, the MLP hidden, the
-    head's logits and the runner's float32 logits buffer, the sampler's copies). Decoding runs afterwards,
-    `pipe.decode_batch_size` images at a time (`DECODE_BATCH_SIZE` by default), and is not counted.
-    An estimate for chunking; `VARPipeline` halves the chunk and retries if a batch still runs out of memory."""
-    config = transformer.config
-    item = next(transformer.parameters()).element_size()
-    rows, C, V = 2, config.embed_dim, config.vocab_size
-    last = config.patch_nums[-1] ** 2
-    cache = rows * config.depth * 2 * (config.seq_len - last) * C * item
-    last_scale = rows * (2 * config.seq_len * C + 2 * last * round(C * config.mlp_ratio)) * item
-    # The runner's float32 logits buffer, the head's output in the model's dtype, the sampler's float32 copies.
-    sampling = rows * last * V * 4 + rows * last * V * item + 5 * last * V * 4
-    return int(1.05 * (cache + last_scale + sampling))
-
-
-def max_batch_for_memory(transformer: VARTransformer, vqvae_config, device: torch.device) -> Optional[int]:
-    """Largest batch that the free CUDA memory should hold (None = no limit known, e.g. on CPU)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    free_bytes, _ = torch.cuda.mem_get_info(device)
-    return max(1, int(0.95 * free_bytes) // sampling_bytes_per_image(transformer, vqvae_config))
-
-
 __all__ = [
     "CUDA_STABLE_SORT_MIN_LENGTH",
-    "DECODE_BATCH_SIZE",
     "autocast_state",
     "StaticScaleRunner",
     "StaticScaleRunners",
     "fast_decoding",
     "is_channels_last",
-    "max_batch_for_memory",
     "resolve_fast_path",
-    "sampling_bytes_per_image",
     "sort_free_filter_matches_reference",
 ]
