@@ -1,6 +1,5 @@
 """The evaluation protocol: feature extractors, references, resumable sampling and the `var-hf evaluate` runner."""
 
-import argparse
 import gzip
 import json
 import os
@@ -11,17 +10,16 @@ import pytest
 import torch
 
 from var_hf import evaluation
+from var_hf.commands import evaluate as evaluate_command
 from var_hf.evaluation import (
     InceptionV3FeatureExtractor,
-    add_evaluate_arguments,
     extract_features,
     images_to_array,
     load_inception,
     load_reference,
-    run_evaluate_command,
+    metrics,
 )
-from var_hf import metrics
-from var_hf.metrics import class_accuracy
+from var_hf.evaluation.metrics import class_accuracy
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -187,8 +185,12 @@ def test_missing_inception_weights_error_says_where_to_get_them(tmp_path, monkey
     with pytest.raises(FileNotFoundError, match="does not exist.*pt_inception-2015-12-05"):
         evaluation.find_inception_weights(str(tmp_path / "missing.pth"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.raises(FileNotFoundError, match="torch hub cache"):
-        evaluation.find_inception_weights(None)
+    packaged = evaluation.fid_helper_weights_path()
+    if packaged is None:
+        with pytest.raises(FileNotFoundError, match="torch hub cache"):
+            evaluation.find_inception_weights(None)
+    else:  # var_hf[fid] installed: its weights are the fallback after the hub cache
+        assert evaluation.find_inception_weights(None) == packaged
     # A copy in the hub cache is found without being given.
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
@@ -288,10 +290,6 @@ def test_parse_class_ids():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _evaluate_args(*argv):
-    return add_evaluate_arguments(argparse.ArgumentParser()).parse_args(list(argv))
-
-
 def test_evaluate_end_to_end_with_the_domain_extractor_and_resume(
     tiny_pipeline, domain_classifier, fashion_dataset, tmp_path, capsys
 ):
@@ -303,7 +301,7 @@ def test_evaluate_end_to_end_with_the_domain_extractor_and_resume(
         "--num-per-class", "3", "--batch-size", "4", "--feature-extractor", "domain",
         "--domain-classifier", domain_classifier[1], "--reference-max-samples", "60", "--device", "cpu", "--quiet",
     ]
-    assert run_evaluate_command(_evaluate_args(*argv)) == 0
+    assert evaluate_command.main(argv) == 0
     assert "12 generated, 0 already there" in capsys.readouterr().out
 
     pngs = sorted(os.path.relpath(p, out / "samples") for p in (out / "samples").glob("*/*.png"))
@@ -331,7 +329,7 @@ def test_evaluate_end_to_end_with_the_domain_extractor_and_resume(
 
     # Resume with everything present: no sampling, files untouched.
     mtimes = {p: os.stat(out / "samples" / p).st_mtime_ns for p in pngs}
-    assert run_evaluate_command(_evaluate_args(*argv)) == 0
+    assert evaluate_command.main(argv) == 0
     assert "0 generated, 12 already there" in capsys.readouterr().out
     assert {p: os.stat(out / "samples" / p).st_mtime_ns for p in pngs} == mtimes
 
@@ -369,11 +367,11 @@ def test_missing_inception_weights_fail_before_sampling(tiny_pipeline, tmp_path,
     model_dir, out = str(tmp_path / "model"), tmp_path / "eval"
     tiny_pipeline.save_pretrained(model_dir)
     np.savez(tmp_path / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048))
-    args = _evaluate_args(
+    argv = [
         "--model", model_dir, "--reference", str(tmp_path / "ref.npz"), "--output-dir", str(out),
         "--inception-weights", str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"), "--device", "cpu",
-    )
-    assert run_evaluate_command(args) == 2
+    ]
+    assert evaluate_command.main(argv) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "pytorch-fid/releases" in err
     assert not out.exists()

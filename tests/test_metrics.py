@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from var_hf import metrics
+from var_hf.evaluation import metrics
 
 
 def _gaussian(rng, n, dim, mean=0.0, scale=1.0):

@@ -1,9 +1,9 @@
-"""Inception Score as an `evaluate` metric; the math is `var_hf.metrics.inception_score`."""
+"""Inception Score as an `evaluate` metric; the math is `var_hf.evaluation.metrics.inception_score`."""
 
 import datasets
 import evaluate
 
-from var_hf.metrics import inception_score, softmax
+from var_hf.evaluation.metrics import inception_score, softmax
 
 _DESCRIPTION = """
 Inception Score exp(E_x KL(p(y|x) || p(y))) of class predictions on generated samples, averaged over consecutive
@@ -19,7 +19,7 @@ Returns:
     inception_score (`float`).
 Examples:
     >>> import numpy as np
-    >>> from var_hf.metrics import load_metric
+    >>> from var_hf.evaluation.metrics import load_metric
     >>> metric = load_metric("inception_score")
     >>> round(metric.compute(predictions=np.eye(4)[[0, 1, 2, 3]])["inception_score"], 6)
     4.0

@@ -1,9 +1,9 @@
-"""Fréchet Inception Distance as an `evaluate` metric; the math is `var_hf.metrics.frechet_distance_from_features`."""
+"""Fréchet Inception Distance as an `evaluate` metric; the math is `var_hf.evaluation.metrics.frechet_distance_from_features`."""
 
 import datasets
 import evaluate
 
-from var_hf.metrics import frechet_distance_from_features
+from var_hf.evaluation.metrics import frechet_distance_from_features
 
 _DESCRIPTION = """
 Fréchet distance between Gaussians fitted to two sets of features (FID when the features are InceptionV3 pool
@@ -22,7 +22,7 @@ Returns:
     fid (`float`): the Fréchet distance.
 Examples:
     >>> import numpy as np
-    >>> from var_hf.metrics import load_metric
+    >>> from var_hf.evaluation.metrics import load_metric
     >>> fid = load_metric("fid")
     >>> x = np.random.default_rng(0).normal(size=(32, 4))
     >>> abs(fid.compute(predictions=x, reference_features=x)["fid"]) < 1e-6

@@ -1,10 +1,10 @@
 """Improved precision and recall (k-NN manifolds) as an `evaluate` metric; the math is
-`var_hf.metrics.precision_recall`."""
+`var_hf.evaluation.metrics.precision_recall`."""
 
 import datasets
 import evaluate
 
-from var_hf.metrics import precision_recall
+from var_hf.evaluation.metrics import precision_recall
 
 _DESCRIPTION = """
 Improved precision and recall of Kynkäänniemi et al. (2019): each set's manifold is the union of balls around its
@@ -23,7 +23,7 @@ Returns:
     precision (`float`), recall (`float`).
 Examples:
     >>> import numpy as np
-    >>> from var_hf.metrics import load_metric
+    >>> from var_hf.evaluation.metrics import load_metric
     >>> metric = load_metric("precision_recall")
     >>> x = np.random.default_rng(0).normal(size=(16, 4))
     >>> metric.compute(predictions=x, reference_features=x)
