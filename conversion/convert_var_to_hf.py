@@ -1,26 +1,29 @@
 """Convert the official VAR checkpoints (github FoundationVision/VAR) to var_hf.
 
-    python conversion/convert_var_to_hf.py --vae vae_ch160v4096z32.pth --var var_d16.pth --output-dir ./var-d16
+    var-hf-convert --vae vae_ch160v4096z32.pth --var var_d16.pth --output-dir ./var-d16
 
 writes a folder that `VARPipeline.from_pretrained` loads (`model_index.json`, `vqvae/`, `transformer/`,
 `scheduler/`); the subfolders also load on their own with `from_pretrained`. Depth, width, heads, shared AdaLN,
 attention type and the 256/512 patch schedule are read off the tensors; flags override them. The tokenizer's
 `--quant-resi` and `--using-znorm` are not stored in checkpoints and default to the released tokenizer's values.
+The command line lives in `var_hf.commands.convert`; this module is the library (tables and functions).
 
 Checkpoints are read with `torch.load(weights_only=True)` only, every reference key is mapped by the explicit table
-below (or dropped with a check of its value), the models load with `strict=True`, and the folder is written to a
-temporary directory first and renamed into place, so a failed run leaves nothing behind.
+below (or dropped with a check of its value), the models load with `strict=True`, every weight must be finite and a
+random image must encode, decode and teacher-force to finite values. The folder is written to a temporary directory
+first and renamed into place, so a failed run leaves nothing behind. An existing output folder is replaced only with
+`overwrite=True` and only when it holds nothing but a previous conversion's files; a folder holding an input is
+always refused.
 """
 
-import argparse
 import math
 import os
 import pickle
 import re
 import shutil
+import struct
 import sys
 import tempfile
-import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -69,7 +72,18 @@ VAR_KEY_MAP: List[Tuple[str, str]] = [
 VAR_DROPPED_KEYS = (r"blocks\.\d+\.attn\.zero_k_bias", r"lvl_1L", r"attn_bias_for_masking")
 
 
-class ConversionError(Exception):
+# Wrappers of a state dict in training checkpoints: {"model": sd}, {"state_dict": sd}, ...
+STATE_DICT_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
+# The official trainer's checkpoint (`ar-ckpt-last.pth`) holds both models under "trainer".
+TRAINER_KEYS = {"vae": "vae_local", "var": "var_wo_ddp"}
+# What a conversion writes into its output folder: only these may be replaced with `overwrite=True`.
+COMPONENT_FOLDERS = ("vqvae", "transformer", "scheduler")
+# (configs, weights, and the code files saved beside them for trust_remote_code loading)
+COMPONENT_FILE_PATTERN = re.compile(r"[\w.-]+\.(json|safetensors|py)")
+TOP_LEVEL_FILE_PATTERN = re.compile(r"model_index\.json|[\w-]+\.py")
+
+
+class ConversionError(ValueError):
     """A problem with the user's input, reported as one line."""
 
 
@@ -83,10 +97,56 @@ def _first_sentence(err: Exception) -> str:
     return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
 
 
-def load_reference_checkpoint(path: str) -> Dict[str, torch.Tensor]:
-    """Read a reference `.pth` safely (`weights_only=True`) and return its flat state dict."""
+def _check_file_format(path: str):
+    """Refuse, before unpickling, what is not a `torch.save` file (zip archive or the legacy pickle format)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"):
+        return
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        raise ConversionError(
+            f"{path}: a safetensors file, not a PyTorch checkpoint. The converter reads the official .pth "
+            f"checkpoints (vae_ch160v4096z32.pth, var_d16.pth ...); a safetensors folder of var_hf loads directly "
+            f"with from_pretrained."
+        )
+    what = "empty" if not head else ("a text file" if _looks_like_text(head) else "unknown bytes")
+    raise ConversionError(
+        f"{path}: not a PyTorch checkpoint ({what}; torch.save files are zip archives). Pass the official .pth "
+        f"checkpoint (e.g. vae_ch160v4096z32.pth, var_d16.pth), downloaded completely."
+    )
+
+
+def _looks_like_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, dict):
+        keys = list(obj)[:8]
+        return f"a dict with keys {keys}{' ...' if len(obj) > 8 else ''}"
+    return f"a {type(obj).__name__}"
+
+
+def load_reference_checkpoint(path: str, role: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read a reference `.pth` safely (`weights_only=True`) and return its flat state dict.
+
+    Accepted: a plain state dict (the released files), one nested under `model` / `state_dict` / ..., and the
+    official trainer's checkpoint (`ar-ckpt-*.pth`), from which `role` (`"vae"` or `"var"`) picks `trainer.vae_local`
+    or `trainer.var_wo_ddp`.
+    """
+    if os.path.isdir(path):
+        raise ConversionError(f"{path}: a folder, not a checkpoint file; pass the .pth file.")
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file.")
+    _check_file_format(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -97,15 +157,30 @@ def load_reference_checkpoint(path: str) -> Dict[str, torch.Tensor]:
             f"{path}: refused to unpickle it: it holds objects other than tensors (a pickle that could run code). "
             f"Only plain state dicts are accepted ({detail})."
         ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - zipfile/torch raise many types for a damaged archive
         raise ConversionError(
             f"{path}: not a readable torch checkpoint (truncated or corrupt download?): {_first_sentence(err)}"
         ) from None
-    # Some training checkpoints wrap the weights; the released ones are plain state dicts.
-    if isinstance(obj, dict) and "trainer" in obj and isinstance(obj["trainer"], dict):
-        obj = obj["trainer"].get("var_wo_ddp", obj)
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConversionError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}.")
+    if isinstance(obj, dict) and isinstance(obj.get("trainer"), dict):
+        trainer = obj["trainer"]
+        if role in TRAINER_KEYS and _is_state_dict(trainer.get(TRAINER_KEYS[role])):
+            logger.info(f"{path}: a trainer checkpoint; converting its trainer.{TRAINER_KEYS[role]}.")
+            return trainer[TRAINER_KEYS[role]]
+        held = [f"trainer.{k}" for k in TRAINER_KEYS.values() if _is_state_dict(trainer.get(k))]
+        raise ConversionError(
+            f"{path}: a trainer checkpoint holding {held or 'no model weights'}; pass it as --vae (for "
+            f"trainer.vae_local) or --var (for trainer.var_wo_ddp)."
+        )
+    if not _is_state_dict(obj) and isinstance(obj, dict):
+        nested = [k for k in STATE_DICT_WRAPPER_KEYS if _is_state_dict(obj.get(k))]
+        if len(nested) == 1:
+            logger.info(f"{path}: the state dict is nested under {nested[0]!r}; converting that.")
+            obj = obj[nested[0]]
+    if not _is_state_dict(obj):
+        raise ConversionError(
+            f"{path}: expected a state dict of tensors (or a trainer checkpoint), got {_describe(obj)}. Pass the "
+            f"official vae_ch160v4096z32.pth / var_d16.pth, or a trainer checkpoint ar-ckpt-*.pth."
+        )
     return obj
 
 
@@ -232,6 +307,11 @@ def infer_var_config(var_sd: Dict[str, torch.Tensor], patch_nums: Sequence[int],
         patch_nums=patch_nums,
     )
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise ConversionError(
+            f"{path}: embed_dim {kwargs['embed_dim']} is not divisible by num_heads {kwargs['num_heads']}; pass a "
+            f"--num-heads that divides it (the released models use embed_dim // 64)."
+        )
     return VARTransformerConfig(**kwargs)
 
 
@@ -269,6 +349,8 @@ def _infer(fn, source: str, *args, **kwargs):
     """Run a config inference; a missing key or an impossible shape becomes a one-line error naming the file."""
     try:
         return fn(*args, **kwargs)
+    except ConversionError:
+        raise
     except KeyError as err:
         raise ConversionError(f"{source}: missing key {err.args[0]!r} (truncated or not a VAR checkpoint?).") from None
     except (ValueError, IndexError, ZeroDivisionError) as err:
@@ -310,44 +392,113 @@ def convert_var(var_sd: Dict[str, torch.Tensor], path: str = "var", patch_nums=N
     return model.eval()
 
 
-def numerical_check(vqvae, transformer, seed: int = 0, vae_path: str = "vae", var_path: str = "var"):
-    """Check the two checkpoints belong together, then encode a random image, teacher-force the transformer and check
-    the logits are finite."""
-    vq_cfg, tr_cfg = vqvae.config, transformer.config
-    if vq_cfg.vq_embed_dim != tr_cfg.vq_embed_dim or vq_cfg.vocab_size != tr_cfg.vocab_size:
-        raise ConversionError(
-            f"{vae_path} and {var_path} do not belong together: the tokenizer has {vq_cfg.vocab_size} codes of "
-            f"{vq_cfg.vq_embed_dim} dims, the transformer expects {tr_cfg.vocab_size} codes of {tr_cfg.vq_embed_dim}."
-        )
+def check_finite_weights(model, path: str):
+    """Every floating-point weight and buffer must be finite: a NaN weight gives NaN images, never an error."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConversionError(f"{path}: {len(bad)} tensors hold NaN or inf values (damaged checkpoint?): {bad[:6]}")
+
+
+def numerical_check(vqvae, transformer=None, seed: int = 0, vae_path: str = "vae", var_path: str = "var"):
+    """Check the two checkpoints belong together, then encode a random image, decode its tokens and teacher-force the
+    transformer: the tokens must be valid codes and the image and the logits finite."""
+    vq_cfg = vqvae.config
+    check_finite_weights(vqvae, vae_path)
+    if transformer is not None:
+        check_finite_weights(transformer, var_path)
+        tr_cfg = transformer.config
+        if vq_cfg.vq_embed_dim != tr_cfg.vq_embed_dim or vq_cfg.vocab_size != tr_cfg.vocab_size:
+            raise ConversionError(
+                f"{vae_path} and {var_path} do not belong together: the tokenizer has {vq_cfg.vocab_size} codes of "
+                f"{vq_cfg.vq_embed_dim} dims, the transformer expects {tr_cfg.vocab_size} codes of "
+                f"{tr_cfg.vq_embed_dim}."
+            )
     gen = torch.Generator().manual_seed(seed)
     size = vq_cfg.image_size
     with torch.no_grad():
         pixels = torch.rand(1, vq_cfg.in_channels, size, size, generator=gen) * 2 - 1
         tokens = vqvae.encode_tokens(pixels)
-        logits = transformer(torch.tensor([0]), vqvae.teacher_forcing_input(tokens)).logits
-    if not torch.isfinite(logits).all():
-        raise ConversionError(f"{var_path}: the converted model produces non-finite logits.")
+        if any(((t < 0) | (t >= vq_cfg.vocab_size)).any() for t in tokens):
+            raise ConversionError(f"{vae_path}: the converted tokenizer produces codes outside its codebook.")
+        if not torch.isfinite(vqvae.decode_tokens(tokens)).all():
+            raise ConversionError(f"{vae_path}: the converted tokenizer decodes a random image to non-finite pixels.")
+        if transformer is not None:
+            logits = transformer(torch.tensor([0]), vqvae.teacher_forcing_input(tokens)).logits
+            if not torch.isfinite(logits).all():
+                raise ConversionError(f"{var_path}: the converted model produces non-finite logits.")
 
 
-def check_output_dir(output_dir: str, overwrite: bool = False):
-    """Refuse a non-empty output folder without `overwrite`, and a path that is a file, before any work is done."""
+def _is_within(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _foreign_entries(output_dir: str) -> List[str]:
+    """Entries of `output_dir` that a conversion does not write (relative paths)."""
+    foreign = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if TOP_LEVEL_FILE_PATTERN.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+            continue
+        if name in COMPONENT_FOLDERS and os.path.isdir(path) and not os.path.islink(path):
+            for inner in sorted(os.listdir(path)):
+                inner_path = os.path.join(path, inner)
+                if not (COMPONENT_FILE_PATTERN.fullmatch(inner) and os.path.isfile(inner_path)
+                        and not os.path.islink(inner_path)):
+                    foreign.append(f"{name}/{inner}")
+            continue
+        foreign.append(name)
+    return foreign
+
+
+def check_output_dir(output_dir: str, overwrite: bool = False, inputs: Sequence[Optional[str]] = ()):
+    """Before any work: the output folder must not hold an input, must be creatable, and must be new or empty, or
+    (with `overwrite`) hold nothing but a previous conversion's files."""
     output_dir = os.path.abspath(output_dir)
+    for path in inputs:
+        if path and _is_within(path, output_dir):
+            raise ConversionError(
+                f"the output folder {output_dir} holds the input {path}; writing there would replace it. Pass an "
+                f"--output-dir outside the inputs' folder."
+            )
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ConversionError(f"{output_dir} exists and is not a folder.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+        raise ConversionError(f"{output_dir} exists and is not a folder; pass a new or empty folder as --output-dir.")
+    parent = os.path.dirname(output_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConversionError(f"cannot create {output_dir}: {parent} is a file, not a folder.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not overwrite:
+            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace a previous conversion.")
+        foreign = _foreign_entries(output_dir)
+        if foreign:
+            raise ConversionError(
+                f"{output_dir} holds files a conversion does not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); --overwrite only replaces a previous conversion. Move them "
+                f"or pick another --output-dir."
+            )
 
 
-def write_atomically(output_dir: str, save_fn, overwrite: bool = False):
+def _make_dir_like_open(path: str):
+    """`tempfile.mkdtemp` creates 0700; give the folder the permissions `os.makedirs` would (0777 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o777 & ~mask)
+
+
+def write_atomically(output_dir: str, save_fn, overwrite: bool = False, inputs: Sequence[Optional[str]] = ()):
     """Write into a temporary sibling directory, then rename it into place."""
     output_dir = os.path.abspath(output_dir)
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, inputs)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-convert-", dir=parent)
     try:
+        _make_dir_like_open(tmp)
         save_fn(tmp)
         if os.path.exists(output_dir):
+            check_output_dir(output_dir, overwrite, inputs)  # still only a previous conversion's files
             backup = tempfile.mkdtemp(prefix=".old-convert-", dir=parent)
             os.rename(output_dir, os.path.join(backup, "old"))
             os.rename(tmp, output_dir)
@@ -359,17 +510,59 @@ def write_atomically(output_dir: str, save_fn, overwrite: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_overrides(patch_nums=None, quant_resi: float = 0.5, **overrides):
+    """Values given for settings the checkpoint does not fix (flags): positive counts, a finite epsilon and ratio,
+    an increasing schedule. Raises `ConversionError` naming the flag."""
+    for name in ("depth", "num_heads", "num_classes"):
+        value = overrides.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConversionError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}.")
+    eps = overrides.get("norm_eps")
+    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ConversionError(f"--norm-eps must be a finite number > 0, got {eps!r}.")
+    if not (isinstance(quant_resi, (int, float)) and math.isfinite(quant_resi) and abs(quant_resi) <= 1):
+        raise ConversionError(f"--quant-resi must be a number in [-1, 1] (the release uses 0.5), got {quant_resi!r}.")
+    if patch_nums is not None:
+        pns = list(patch_nums)
+        if (len(pns) < 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in pns)
+                or any(b <= a for a, b in zip(pns, pns[1:]))):
+            raise ConversionError(
+                f"--patch-nums must be at least two increasing integers >= 1 (e.g. 1,2,3,4,5,6,8,10,13,16), got {pns}."
+            )
+
+
 def convert(vae_path: str, var_path: Optional[str], output_dir: str, patch_nums=None, overwrite=False,
             quant_resi: float = 0.5, using_znorm: bool = False, **overrides):
     """Convert a tokenizer checkpoint (and optionally a transformer one) and write them to `output_dir`.
 
     `quant_resi` and `using_znorm` describe the tokenizer but are not stored in its checkpoint; `overrides`
     (`depth`, `num_heads`, `shared_aln`, `attn_l2_norm`, `num_classes`, `norm_eps`; None means infer or default) go to
-    the transformer config.
+    the transformer config. `overwrite` replaces a previous conversion in `output_dir` (nothing else).
+
+    Example (a tiny VQVAE written in the reference's layout and converted back):
+
+    ```py
+    >>> import os, tempfile, torch
+    >>> from var_hf import MultiScaleVQVAE, MultiScaleVQVAEConfig
+    >>> from var_hf.conversion.convert_var_to_hf import VQVAE_KEY_MAP, convert
+    >>> vqvae = MultiScaleVQVAE(MultiScaleVQVAEConfig(base_channels=32, channel_multipliers=(1, 2), vocab_size=16,
+    ...                                               vq_embed_dim=8, patch_nums=(1, 2, 4)))
+    >>> reference = {"quantize.embedding.weight" if k == "quantizer.codebook.weight" else
+    ...              "quantize.ema_vocab_hit_SV" if k == "quantizer.ema_code_hits" else
+    ...              k.replace("quantizer.phi.", "quantize.quant_resi.qresi_ls."): v
+    ...              for k, v in vqvae.state_dict().items() if k != "quantizer.num_hit_updates"}
+    >>> folder = tempfile.mkdtemp()
+    >>> torch.save(reference, os.path.join(folder, "vae.pth"))
+    >>> converted, _ = convert(os.path.join(folder, "vae.pth"), None, os.path.join(folder, "out"), patch_nums=[1, 2, 4])
+    >>> sorted(os.listdir(os.path.join(folder, "out")))
+    ['vqvae']
+
+    ```
     """
-    check_output_dir(output_dir, overwrite)
-    var_sd = load_reference_checkpoint(var_path) if var_path else None
-    vae_sd = load_reference_checkpoint(vae_path)
+    check_overrides(patch_nums=patch_nums, quant_resi=quant_resi, **overrides)
+    check_output_dir(output_dir, overwrite, inputs=(vae_path, var_path))
+    var_sd = load_reference_checkpoint(var_path, role="var") if var_path else None
+    vae_sd = load_reference_checkpoint(vae_path, role="vae")
     transformer = None
     if var_sd is not None:
         transformer = convert_var(var_sd, path=var_path, patch_nums=patch_nums, **overrides)
@@ -377,103 +570,56 @@ def convert(vae_path: str, var_path: Optional[str], output_dir: str, patch_nums=
     vqvae = convert_vqvae(
         vae_sd, patch_nums or PATCH_NUMS_256, path=vae_path, quant_resi=quant_resi, using_znorm=using_znorm
     )
-    if transformer is not None:
-        numerical_check(vqvae, transformer, vae_path=vae_path, var_path=var_path)
+    numerical_check(vqvae, transformer, vae_path=vae_path, var_path=var_path)
 
     def save(folder):
         if transformer is None:
             vqvae.save_pretrained(os.path.join(folder, "vqvae"))
-            return
-        pipeline = _build_pipeline(vqvae, transformer)
-        if pipeline is None:
-            vqvae.save_pretrained(os.path.join(folder, "vqvae"))
-            transformer.save_pretrained(os.path.join(folder, "transformer"))
         else:
-            pipeline.save_pretrained(folder)
+            build_pipeline(vqvae, transformer).save_pretrained(folder)
 
-    write_atomically(output_dir, save, overwrite=overwrite)
+    write_atomically(output_dir, save, overwrite=overwrite, inputs=(vae_path, var_path))
     return vqvae, transformer
 
 
-def _build_pipeline(vqvae, transformer):
-    try:
-        from var_hf.pipelines import VARPipeline, VARScaleScheduler
-    except ImportError:
-        return None
+def build_pipeline(vqvae, transformer):
+    from var_hf.pipelines import VARPipeline
+    from var_hf.scheduling_var import VARScaleScheduler
+
     scheduler = VARScaleScheduler(patch_nums=list(transformer.config.patch_nums))
     return VARPipeline(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--vae", required=True, help="official tokenizer checkpoint, e.g. vae_ch160v4096z32.pth")
-    parser.add_argument(
-        "--var", help="official transformer checkpoint, e.g. var_d16.pth (omit to convert the VQVAE alone)"
-    )
-    parser.add_argument(
-        "--output-dir", required=True, help="folder to write (model_index.json, vqvae/, transformer/, scheduler/)"
-    )
-    parser.add_argument("--patch-nums", help="override the inferred schedule, e.g. 1,2,3,4,5,6,8,10,13,16 or 256 / 512")
-    parser.add_argument("--depth", type=int, help="override the inferred depth")
-    parser.add_argument("--num-heads", type=int, help="override the inferred number of heads")
-    parser.add_argument("--shared-aln", type=_bool, default=None, help="override shared AdaLN (true/false)")
-    parser.add_argument("--attn-l2-norm", type=_bool, default=None,
-                        help="override L2-normalised attention (true/false)")
-    parser.add_argument("--num-classes", type=int, help="override the number of classes")
-    parser.add_argument("--norm-eps", type=float, default=None,
-                        help="LayerNorm epsilon of the transformer (not stored in checkpoints; default 1e-6, the "
-                             "release and the reference's default)")
-    parser.add_argument("--quant-resi", type=float, default=0.5, help="phi mixing ratio (not stored in checkpoints)")
-    parser.add_argument("--using-znorm", action="store_true",
-                        help="the tokenizer picks codes by cosine similarity (not stored in checkpoints; the released "
-                             "tokenizer uses L2, the default)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    return parser.parse_args(argv)
-
-
-def _parse_patch_nums(text: Optional[str]):
+def parse_patch_nums(text: Optional[str]) -> Optional[List[int]]:
+    """`"256"` / `"512"` -> the released schedules; `"1,2,4"` -> `[1, 2, 4]`; empty -> None (infer)."""
     if not text:
         return None
     if text in ("256", "512"):
         return list(PATCH_NUMS_256 if text == "256" else PATCH_NUMS_512)
     try:
-        return [int(x) for x in text.replace("_", ",").split(",") if x]
+        return [int(x) for x in text.replace("_", ",").split(",") if x.strip()]
     except ValueError:
         raise ConversionError(f"--patch-nums must be comma-separated integers or 256/512, got {text!r}.") from None
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        convert(
-            args.vae, args.var, args.output_dir, patch_nums=_parse_patch_nums(args.patch_nums),
-            overwrite=args.overwrite, quant_resi=args.quant_resi, using_znorm=args.using_znorm, depth=args.depth,
-            num_heads=args.num_heads, shared_aln=args.shared_aln, attn_l2_norm=args.attn_l2_norm,
-            num_classes=args.num_classes, norm_eps=args.norm_eps,
-        )
-    except (ConversionError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # e.g. the output folder cannot be written
-        print(f"error: {err.filename or args.output_dir}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    print(f"wrote {os.path.abspath(args.output_dir)}")
-    return 0
+__all__ = [
+    "ConversionError",
+    "VAR_DROPPED_KEYS",
+    "VAR_KEY_MAP",
+    "VQVAE_KEY_MAP",
+    "build_pipeline",
+    "check_output_dir",
+    "check_overrides",
+    "convert",
+    "convert_var",
+    "convert_vqvae",
+    "load_reference_checkpoint",
+    "numerical_check",
+    "parse_patch_nums",
+]
 
 
-__all__ = ["convert", "convert_var", "convert_vqvae", "load_reference_checkpoint", "VQVAE_KEY_MAP", "VAR_KEY_MAP",
-           "VAR_DROPPED_KEYS", "ConversionError", "main"]
+if __name__ == "__main__":  # `python conversion/convert_var_to_hf.py ...`: the same command as var-hf-convert
+    from var_hf.commands.convert import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tests of `conversion/convert_var_to_hf.py`.
+"""Tests of `conversion/convert_var_to_hf.py` and its command line (`var-hf-convert`, `var_hf.commands.convert`).
 
 Tiny var_hf models are written out in the reference (FoundationVision/VAR) key layout by an inverse of the converter's
 tables spelled out below, converted back, and compared with the source models. The reference code itself is not needed.
@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from var_hf import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VARTransformer
-from var_hf.conversion.convert_var_to_hf import ConversionError, convert, convert_var, convert_vqvae, main
+from var_hf.commands.convert import main
+from var_hf.conversion.convert_var_to_hf import ConversionError, convert, convert_var, convert_vqvae
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -334,14 +335,21 @@ def test_norm_eps_flag(checkpoints, tmp_path):
     assert not torch.allclose(transformer(class_labels, tf_input).logits, loaded(class_labels, tf_input).logits)
 
 
-def test_overwrite(checkpoints, tmp_path):
+def test_overwrite_replaces_a_previous_conversion(checkpoints, tmp_path):
+    """`--overwrite` replaces what a previous conversion wrote (here a VQVAE-only folder by a full pipeline)."""
     vqvae, transformer, vae_path, var_path = checkpoints
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    (out_dir / "stale.txt").write_text("old")
+    assert main(["--vae", str(vae_path), "--output-dir", str(out_dir), "--patch-nums", "1,2,4"]) == 0
     assert main(["--vae", str(vae_path), "--var", str(var_path), "--output-dir", str(out_dir), "--overwrite"]) == 0
-    assert not (out_dir / "stale.txt").exists()
     assert_same_models(vqvae, transformer, out_dir)
+    assert oct(out_dir.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders must be cleaned up"
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -349,11 +357,11 @@ def test_overwrite(checkpoints, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run_failing(capsys, argv, out_dir, *needles):
+def run_failing(capsys, argv, out_dir, *needles, code=1):
     before = sorted(os.listdir(out_dir)) if out_dir.exists() else None
-    assert main(argv + ["--output-dir", str(out_dir)]) == 1
+    assert main(argv + ["--output-dir", str(out_dir)]) == code
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.startswith("var-hf-convert: error: ") and err.count("\n") == 1, err
     for needle in needles:
         assert str(needle) in err, f"{needle!r} not in {err!r}"
     assert (sorted(os.listdir(out_dir)) if out_dir.exists() else None) == before

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -18,6 +19,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from var_hf import evaluation, hub
+from var_hf.commands.push import main as push_main
 
 REPO_ID = "user/tiny-var"
 
@@ -160,10 +162,13 @@ def test_snapshot_layout_excludes_evaluation_outputs(card_folder):
     files = hub.snapshot_files(card_folder)
     weights = [f for f in files if f.endswith(".safetensors")]
     assert sorted(weights) == ["transformer/model.safetensors", "vqvae/model.safetensors"]
-    assert set(files) == {
+    assert {
         "README.md", "model_index.json", hub.SAMPLE_GRID_FILENAME, "scheduler/scheduler_config.json",
         "transformer/config.json", "vqvae/config.json", *weights,
-    }
+    } <= set(files)
+    # Everything else the pipeline saved (e.g. its code files for trust_remote_code) goes too; evaluation outputs not.
+    saved = {p.relative_to(card_folder).as_posix() for p in Path(card_folder).rglob("*") if p.is_file()}
+    assert set(files) == saved - {"samples/0000/00000.png", "samples.npz"}
 
 
 def test_push_without_network_names_the_repo_and_the_cause(card_folder, monkeypatch, capsys):
@@ -174,14 +179,9 @@ def test_push_without_network_names_the_repo_and_the_cause(card_folder, monkeypa
     assert REPO_ID in message and "http://127.0.0.1:9" in message
     assert "create the repository" in message and "could not connect" in message
 
-    from var_hf.hub import add_push_arguments, run_push_command
-    import argparse
-
-    args = add_push_arguments(argparse.ArgumentParser()).parse_args(
-        [card_folder, REPO_ID, "--endpoint", "http://127.0.0.1:9", "--token", "hf_test"]
-    )
-    assert run_push_command(args) == 1
-    assert "could not connect" in capsys.readouterr().err
+    assert push_main([card_folder, REPO_ID, "--endpoint", "http://127.0.0.1:9", "--token", "hf_test"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("var-hf push: error: ") and "could not connect" in err and err.count("\n") == 1
 
 
 def test_push_rejects_a_folder_that_is_not_a_pipeline(tmp_path):
@@ -271,3 +271,94 @@ def test_push_explains_a_rejected_model_card(card_folder, local_hub, monkeypatch
     local_hub.validate_status = 400
     with pytest.raises(hub.HubPushError, match=r"(?s)upload the pipeline.*rejected the model card.*license"):
         hub.push_pipeline(card_folder, REPO_ID, token="hf_test", endpoint=f"http://127.0.0.1:{local_hub.server_port}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input: everything is checked before anything is written
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare_folder(tiny_pipeline, tmp_path):
+    """A saved pipeline without a card."""
+    folder = tmp_path / "tiny-var"
+    tiny_pipeline.save_pretrained(str(folder))
+    return folder
+
+
+def _tree(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.read_bytes()) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["{folder}", "not a repo id"], "repo id"),
+        (["{folder}", "user/name/extra"], "repo id"),
+        (["{folder}", "user/-bad--name.."], "repo id"),
+        (["{tmp}/missing", REPO_ID], "model_index.json"),
+        (["{tmp}", REPO_ID], "model_index.json"),
+        (["{folder}", REPO_ID, "--license", ""], "license"),
+        (["{folder}", REPO_ID, "--license", "  "], "license"),
+        (["{folder}", REPO_ID, "--metrics", "{tmp}/missing.json"], "missing.json"),
+        (["{folder}", REPO_ID, "--metrics", "{bad_json}"], "not valid JSON"),
+        (["{folder}", REPO_ID, "--metrics", "{list_json}"], "metrics"),
+        (["{folder}", REPO_ID, "--write-card", "--no-card"], "--no-card"),
+        (["{folder}", REPO_ID, "--bogus"], "--bogus"),
+    ],
+    ids=["space_in_id", "three_parts", "bad_chars", "missing_folder", "not_a_pipeline", "empty_license",
+         "blank_license", "missing_metrics", "metrics_not_json", "metrics_not_an_object", "card_flags", "unknown_flag"],
+)
+def test_push_refuses_bad_input_before_writing(bare_folder, tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    values = dict(folder=str(bare_folder), tmp=str(tmp_path), bad_json=_write(tmp_path / "bad.json", "{nope"),
+                  list_json=_write(tmp_path / "list.json", "[1, 2]"))
+    argv = [a.format(**values) for a in argv] + ["--endpoint", "http://127.0.0.1:9", "--token", "hf_test"]
+    before = _tree(bare_folder)
+    assert push_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("var-hf push: error: ") and err.count("\n") == 1 and needle in err, err
+    assert _tree(bare_folder) == before, "nothing may be written before every input is valid"
+
+
+def test_push_pipeline_checks_the_repo_id_before_writing_a_card(bare_folder):
+    before = _tree(bare_folder)
+    with pytest.raises(ValueError, match="not a valid Hub repo id"):
+        hub.push_pipeline(str(bare_folder), "bad id", endpoint="http://127.0.0.1:9")
+    assert _tree(bare_folder) == before
+
+
+def test_card_never_publishes_a_non_finite_metric(bare_folder, caplog):
+    report = {"metrics": {"fid": float("nan"), "inception_score": float("inf"), "precision": 0.5, "recall": "x"},
+              "model": {"num_classes": 4, "image_size": 8}}
+    with caplog.at_level("WARNING"):
+        card = hub.write_model_card(str(bare_folder), repo_id=REPO_ID, metrics=report, sample_grid=False)
+    assert [r.metric_type for r in card.data.eval_results] == ["precision"]
+    assert "| Precision | 0.5000 |" in card.text and "| FID |" not in card.text and "nan" not in card.text.lower()
+    assert "fid" in caplog.text and "not a finite number" in caplog.text
+    meta = _front_matter((bare_folder / "README.md").read_text(encoding="utf-8"))
+    values = [m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]]
+    assert values == [0.5]
+
+
+def test_empty_tags_and_datasets_are_dropped_with_a_warning(bare_folder, caplog):
+    with caplog.at_level("WARNING"):
+        card = hub.write_model_card(str(bare_folder), tags=["", "extra"], datasets=["  ", "user/data"],
+                                    sample_grid=False)
+    assert card.data.datasets == ["user/data"] and "" not in card.data.tags and "extra" in card.data.tags
+    assert "empty tag" in caplog.text and "empty dataset" in caplog.text
+    with pytest.raises(ValueError, match="license"):
+        hub.write_model_card(str(bare_folder), license="", sample_grid=False)
+
+
+def test_card_files_have_the_usual_permissions(bare_folder):
+    mask = os.umask(0)
+    os.umask(mask)
+    hub.write_model_card(str(bare_folder), sample_grid=True, grid_classes=[0, 1])
+    for name in ("README.md", hub.SAMPLE_GRID_FILENAME):
+        assert (bare_folder / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -5,21 +5,24 @@ evaluation results as model-index entries from the JSON that `var-hf evaluate` w
 grid beside it. [`push_pipeline`] creates the repo and uploads a saved pipeline folder with `HfApi`, turning
 huggingface_hub's HTTP and connection errors into a [`HubPushError`] that names the repo and the likely cause.
 
+Everything is checked before anything is written: the repo id, the folder, the card's inputs (an empty license is
+refused, empty tags and datasets are dropped with a warning, a non-finite metric is never published).
+
 Loading back needs nothing from this module: `VARPipeline.from_pretrained("user/repo")` fetches a snapshot.
 """
 
-import argparse
 import json
+import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 from transformers.utils import logging
+
+from var_hf.file_utils import save_image_atomically, write_text_atomically
 
 logger = logging.get_logger(__name__)
 
@@ -78,7 +81,7 @@ def eval_results_from_metrics(
     Every entry carries the sampling settings in `metric_args` and the feature extractor in `metric_config`, so a
     number never stands without the protocol that produced it.
     """
-    report = _read_report(metrics_report)
+    report = read_metrics_report(metrics_report)
     reference = report.get("reference") or {}
     sampling = report.get("sampling") or {}
     extractor = (report.get("feature_extractor") or {}).get("name", "unknown")
@@ -96,9 +99,7 @@ def eval_results_from_metrics(
         dataset_name = f"{dataset_type} {size}x{size} (reference: {source})" if size else f"{dataset_type} ({source})"
     args = {k: sampling[k] for k in ("num_samples", "num_per_class", "guidance_scale", "top_k", "top_p", "seed") if k in sampling}
     results = []
-    for key, value in (report.get("metrics") or {}).items():
-        if key not in METRIC_TYPES or value is None:
-            continue
+    for key, value in publishable_metrics(report).items():
         metric_type, readable = METRIC_TYPES[key]
         space = "InceptionV3" if extractor.startswith("inception") else extractor
         results.append(
@@ -109,7 +110,7 @@ def eval_results_from_metrics(
                 dataset_name=dataset_name,
                 dataset_split=reference.get("split"),
                 metric_type=metric_type,
-                metric_value=round(float(value), 4),
+                metric_value=round(value, 4),
                 metric_name=f"{readable} ({space} features)" if key in ("fid", "sfid", "precision", "recall") else readable,
                 metric_config=extractor,
                 metric_args=args or None,
@@ -118,12 +119,72 @@ def eval_results_from_metrics(
     return results
 
 
-def _read_report(metrics_report: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
+def read_metrics_report(metrics_report: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The metrics JSON of `var-hf evaluate` (a path, its folder, or its content), checked to be a JSON object."""
     if isinstance(metrics_report, dict):
-        return metrics_report
-    path = os.path.join(metrics_report, "metrics.json") if os.path.isdir(metrics_report) else metrics_report
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        report = metrics_report
+    else:
+        path = os.fspath(metrics_report)
+        path = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"metrics file {path}: no such file (pass the metrics.json of var-hf evaluate).")
+        try:
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"metrics file {path}: not valid JSON ({err}); pass the metrics.json of var-hf evaluate.") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics", {}), dict):
+        raise ValueError("metrics: expected the JSON object of var-hf evaluate, with a 'metrics' object inside.")
+    return report
+
+
+def publishable_metrics(report: Dict[str, Any]) -> Dict[str, float]:
+    """The report's known metrics that are finite numbers; any other value is left out of the card with a warning."""
+    metrics = {}
+    for key, value in (report.get("metrics") or {}).items():
+        if key not in METRIC_TYPES or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            logger.warning(f"Metric {key!r} is {value!r}, not a finite number: it is left out of the model card.")
+            continue
+        metrics[key] = float(value)
+    return metrics
+
+
+def check_card_inputs(
+    license: str, tags: Optional[Sequence[str]] = None, datasets: Optional[Sequence[str]] = None
+) -> Dict[str, Any]:
+    """Check a card's license, tags and datasets; returns them cleaned (stripped, empty entries dropped with a warning).
+
+    Raises `ValueError` for an empty or non-string license, or a tag/dataset that is not a string.
+    """
+    if not isinstance(license, str) or not license.strip():
+        raise ValueError(f"license must be a license id such as 'mit' or 'apache-2.0', got {license!r}.")
+
+    def clean(values, what):
+        if values is None:
+            return None
+        values = [values] if isinstance(values, str) else list(values)
+        kept = []
+        for value in values:
+            if not isinstance(value, str):
+                raise ValueError(f"{what} must be strings, got {value!r}.")
+            if not value.strip():
+                logger.warning(f"Dropping an empty {what[:-1]} from the model card.")
+                continue
+            kept.append(value.strip())
+        return kept or None
+
+    return dict(license=license.strip(), tags=clean(tags, "tags"), datasets=clean(datasets, "datasets"))
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid Hub model id (`name` or `namespace/name`), else a `ValueError` saying why."""
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as err:  # huggingface_hub's HFValidationError
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id ({err}). Use 'your-name/model-name'.") from None
+    return repo_id
 
 
 def _load_pipeline(folder: str):
@@ -135,6 +196,7 @@ def _load_pipeline(folder: str):
 def make_sample_grid(pipe, class_ids: Sequence[int], seed: int = 0, min_tile: int = 128, **call_kwargs):
     """One sample per class in a row-major grid (at most 4 per row), tiles upscaled (nearest) to at least
     `min_tile` pixels so small models stay visible. Returns a PIL image."""
+    import torch
     from diffusers.utils import make_image_grid
 
     generators = [torch.Generator(device=pipe._execution_device).manual_seed(seed + i) for i in range(len(class_ids))]
@@ -221,6 +283,14 @@ def write_model_card(
         if pipe is not None:
             raise ValueError("Give the folder to write the card to (the pipeline's save_pretrained folder).")
         folder = os.fspath(pipeline_or_folder)
+    # Every input is checked before the first file is written.
+    cleaned = check_card_inputs(license, tags, datasets)
+    license, tags, datasets = cleaned["license"], cleaned["tags"], cleaned["datasets"]
+    if repo_id is not None:
+        check_repo_id(repo_id)
+    report = read_metrics_report(metrics) if metrics is not None else None
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} is a file; pass the pipeline folder the card belongs to.")
     if pipe is None:
         pipe = _load_pipeline(os.fspath(pipeline_or_folder))
     os.makedirs(folder, exist_ok=True)
@@ -234,7 +304,6 @@ def write_model_card(
         grid_classes = IMAGENET_GRID_CLASSES if num_classes == 1000 else tuple(range(min(8, num_classes)))
     grid_classes = [int(c) for c in grid_classes]
 
-    report = _read_report(metrics) if metrics is not None else None
     eval_results = eval_results_from_metrics(report, eval_dataset_type, eval_dataset_name) if report else None
     card_data = ModelCardData(
         license=license,
@@ -249,7 +318,7 @@ def write_model_card(
     grid_line = ""
     if sample_grid:
         grid = make_sample_grid(pipe, grid_classes, seed=grid_seed)
-        grid.save(os.path.join(folder, SAMPLE_GRID_FILENAME))
+        save_image_atomically(grid, os.path.join(folder, SAMPLE_GRID_FILENAME))
         names = ", ".join(f"{c} ({id2label.get(c, c)})" for c in grid_classes)
         grid_line = (
             f"![Samples, one per class]({SAMPLE_GRID_FILENAME})\n\n"
@@ -262,7 +331,7 @@ def write_model_card(
         datasets, description,
     )
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
-    card.save(os.path.join(folder, "README.md"))
+    write_text_atomically(os.path.join(folder, "README.md"), str(card))
     return card
 
 
@@ -329,9 +398,8 @@ def _metrics_section(report: Dict[str, Any]) -> List[str]:
     extractor = report.get("feature_extractor") or {}
     reference = report.get("reference") or {}
     lines = ["## Evaluation", "", "| Metric | Value |", "| --- | --- |"]
-    for key, value in (report.get("metrics") or {}).items():
-        if key in METRIC_TYPES and value is not None:
-            lines.append(f"| {METRIC_TYPES[key][1]} | {float(value):.4f} |")
+    for key, value in publishable_metrics(report).items():
+        lines.append(f"| {METRIC_TYPES[key][1]} | {value:.4f} |")
     lines += [
         "",
         f"Measured with `var-hf evaluate` on {sampling.get('num_samples', '?')} samples "
@@ -354,8 +422,13 @@ def check_pipeline_folder(folder: str) -> Dict[str, Any]:
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
         raise FileNotFoundError(f"{folder!r} is not a saved pipeline: no model_index.json (use pipe.save_pretrained).")
-    with open(index_path, encoding="utf-8") as f:
-        index = json.load(f)
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index_path} is not valid JSON ({err}); save the pipeline again.") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path} is not a pipeline index (a JSON object); save the pipeline again.")
     components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
     missing = [c for c in components if not os.path.isdir(os.path.join(folder, c))]
     if missing:
@@ -444,10 +517,12 @@ def push_pipeline(
         `huggingface_hub.CommitInfo` of the upload.
 
     Raises:
+        `ValueError`: `repo_id` is not a valid Hub id (checked before anything is written).
         `FileNotFoundError`: the folder is not a saved pipeline.
         [`HubPushError`]: the Hub could not be reached or refused; the message names the repo, the step and the
             cause (no network, not logged in, no write access).
     """
+    check_repo_id(repo_id)
     check_pipeline_folder(folder)
     if write_card_if_missing and not os.path.isfile(os.path.join(folder, "README.md")):
         write_model_card(folder, repo_id=repo_id)
@@ -473,70 +548,20 @@ def push_pipeline(
     return info
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# CLI: `var-hf push`
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of `var-hf push DIR REPO_ID`."""
-    parser.add_argument("folder", help="A saved pipeline folder (save_pretrained / var-hf-convert output).")
-    parser.add_argument("repo_id", help="Hub repo, e.g. your-name/var-d16.")
-    parser.add_argument("--token", default=None, help="Write token (default: the logged-in one or HF_TOKEN).")
-    parser.add_argument("--private", action="store_true", help="Create the repo private.")
-    parser.add_argument("--commit-message", default="Upload VAR pipeline with var_hf")
-    parser.add_argument("--revision", default=None, help="Branch to push to.")
-    parser.add_argument("--create-pr", action="store_true", help="Open a pull request instead.")
-    parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
-    card = parser.add_argument_group("model card (written when README.md is missing, or always with --write-card)")
-    card.add_argument("--write-card", action="store_true", help="(Re)write README.md and the sample grid first.")
-    card.add_argument("--no-card", action="store_true", help="Never write a card.")
-    card.add_argument("--metrics", default=None, help="metrics.json of var-hf evaluate, for model-index results.")
-    card.add_argument("--license", default="mit")
-    card.add_argument("--base-model", default=None, help="The model this was converted from.")
-    card.add_argument("--dataset", action="append", default=None, help="Training dataset id (repeatable).")
-    card.add_argument("--eval-dataset-type", default=None, help="Hub id of the evaluation dataset (e.g. imagenet-1k).")
-    card.add_argument("--no-sample-grid", action="store_true", help="Do not draw sample_grid.png.")
-    return parser
-
-
-def run_push_command(args: argparse.Namespace) -> int:
-    """Run `var-hf push`; returns the exit code (1 when the Hub refused or could not be reached)."""
-    try:
-        check_pipeline_folder(args.folder)
-        has_card = os.path.isfile(os.path.join(args.folder, "README.md"))
-        if not args.no_card and (args.write_card or not has_card):
-            write_model_card(
-                args.folder, repo_id=args.repo_id, license=args.license, base_model=args.base_model,
-                datasets=args.dataset, metrics=args.metrics, eval_dataset_type=args.eval_dataset_type,
-                sample_grid=not args.no_sample_grid,
-            )
-        info = push_pipeline(
-            args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message,
-            revision=args.revision, create_pr=args.create_pr, endpoint=args.endpoint, write_card_if_missing=False,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"var-hf push: error: {err}", file=sys.stderr)
-        return 2
-    except HubPushError as err:
-        print(f"var-hf push: error: {err}", file=sys.stderr)
-        return 1
-    print(f"pushed {args.folder} to {getattr(info, 'commit_url', None) or args.repo_id}")
-    return 0
-
-
 __all__ = [
     "DEFAULT_TAGS",
     "HubPushError",
     "LIBRARY_NAME",
     "SAMPLE_GRID_FILENAME",
     "UPLOAD_IGNORE_PATTERNS",
-    "add_push_arguments",
+    "check_card_inputs",
     "check_pipeline_folder",
+    "check_repo_id",
     "eval_results_from_metrics",
     "make_sample_grid",
+    "publishable_metrics",
+    "read_metrics_report",
     "push_pipeline",
-    "run_push_command",
     "snapshot_files",
     "write_model_card",
 ]

@@ -7,6 +7,10 @@ Conventions every command follows, so that they behave alike:
 - Bad arguments raise `UsageError` (exit code 2); any other failure exits 1. `run_command` turns either into one
   line, `var-hf <command>: error: <message>`, on stderr; `--debug` (or `VAR_HF_DEBUG=1`) shows the traceback.
 - Nothing heavy (torch, transformers, diffusers) is imported before a command runs, so `--help` answers at once.
+- Each module exposes `build_parser(prog) -> argparse.ArgumentParser` (tests parse every documented command with it)
+  and `main(argv=None, prog=...) -> int`.
+- Libraries' chatter (transformers' "Loading weights" bars, accelerate's INFO lines) is off unless `--verbose`
+  (`configure_logging`).
 """
 
 import argparse
@@ -15,6 +19,7 @@ import sys
 from typing import Callable, List, Optional, Sequence
 
 DEBUG_ENV = "VAR_HF_DEBUG"
+_debug_active = False  # set while a command runs under --debug
 
 
 class UsageError(ValueError):
@@ -46,6 +51,37 @@ class CLIArgumentParser(argparse.ArgumentParser):
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args(normalize_option_spelling(args), namespace)
 
+    def error(self, message):
+        """One line through `run_command` (argparse would print the usage block first); `--help` shows the usage."""
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--verbose` and `--debug`, shared by every command (`run_command` acts on `--debug` before parsing)."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' INFO logs and loading progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    return parser
+
+
+def configure_logging(verbose: bool = False):
+    """Quiet by default: transformers/diffusers at WARNING without their loading bars, accelerate at WARNING.
+    `verbose=True` restores INFO logs and the bars."""
+    import logging
+
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for lib in (transformers_logging, diffusers_logging):
+        if verbose:
+            lib.set_verbosity_info()
+            lib.enable_progress_bar()
+        else:
+            lib.set_verbosity_warning()
+            lib.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.INFO if verbose else logging.WARNING)
+
 
 def debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
@@ -53,11 +89,15 @@ def debug_requested(argv: Sequence[str]) -> bool:
 
 def run_command(prog: str, main_fn: Callable[[List[str]], Optional[int]], argv: Sequence[str]) -> int:
     """Run `main_fn(argv)` and turn any exception into one line on stderr (2 for usage errors, 1 otherwise)."""
-    debug = debug_requested(argv)
+    global _debug_active
+    debug = debug_requested(argv) or _debug_active  # a command run from `var-hf` inherits its --debug
     argv = [a for a in argv if a != "--debug"]
+    outer, _debug_active = _debug_active, debug
     try:
         return int(main_fn(argv) or 0)
-    except SystemExit as exit_:  # argparse's own usage errors and --help
+    except SystemExit as exit_:  # argparse's own usage errors and --help; sys.exit("message")
+        if isinstance(exit_.code, str):
+            print(f"{prog}: error: {exit_.code}", file=sys.stderr)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -65,12 +105,23 @@ def run_command(prog: str, main_fn: Callable[[List[str]], Optional[int]], argv: 
     except Exception as err:  # noqa: BLE001 - the CLI's contract is one line, the traceback on request
         if debug:
             raise
-        message = str(err) or type(err).__name__
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         if not isinstance(err, (UsageError, ValueError, OSError, RuntimeError)):
             message = f"{type(err).__name__}: {message}"
-        hint = "" if debug else f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
+        hint = "" if isinstance(err, UsageError) else f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 2 if isinstance(err, UsageError) else 1
+    finally:
+        _debug_active = outer
 
 
-__all__ = ["CLIArgumentParser", "DEBUG_ENV", "UsageError", "debug_requested", "normalize_option_spelling", "run_command"]
+__all__ = [
+    "CLIArgumentParser",
+    "DEBUG_ENV",
+    "UsageError",
+    "add_common_arguments",
+    "configure_logging",
+    "debug_requested",
+    "normalize_option_spelling",
+    "run_command",
+]
