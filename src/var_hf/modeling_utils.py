@@ -10,17 +10,23 @@ is initialised, and again on `from_pretrained`'s loading report for transformers
 unreadable weight file (truncated, not safetensors) is an error that names the file. The configuration side (no
 config.json, another model's config.json, wrongly typed fields) is checked by `configuration_utils.VARHFConfig`.
 
-Auto classes. `save_pretrained` writes a two-line module next to the weights that imports the classes from the
-installed package, and points `auto_map` in config.json at it. transformers 5 and diffusers 0.42 know no entry-point
-registry for third-party models; `auto_map` with `trust_remote_code=True` is what both honour, so in a process that
-has not imported var_hf
+Auto classes. transformers 5 and diffusers 0.42 know no entry-point registry for third-party models; `auto_map` with
+`trust_remote_code=True` is what both honour. `save_pretrained` writes `var_hf_auto.py`, a module that only imports
+the classes from the installed package, next to the weights and points `auto_map` in config.json at it, so in a
+process that has not imported var_hf
 
-    transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
+    transformers.AutoModel.from_pretrained(model_folder, trust_remote_code=True)
+    diffusers.AutoModel.from_pretrained(model_folder, trust_remote_code=True)
+
+load the model. transformers looks for `auto_map` modules at the root of a repository even with `subfolder=`, and
+diffusers' `AutoModel` with `subfolder=` reads `auto_map` from model_index.json: a saved pipeline also needs the
+root module and the model_index.json entry that [`write_pipeline_auto_files`] writes, and then
+
     transformers.AutoModel.from_pretrained(pipeline_folder, subfolder="transformer", trust_remote_code=True)
-    diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True)
+    diffusers.AutoModel.from_pretrained(pipeline_folder, subfolder="vqvae", trust_remote_code=True)
 
-load the model. Once var_hf is imported (which registers both models with transformers' Auto classes), the
-transformers forms work without `trust_remote_code`, as they always have.
+work too. [`add_auto_class_files`] adds all of this to a folder saved before. Once var_hf is imported (which registers
+both models with transformers' Auto classes) the transformers forms need no `trust_remote_code`.
 """
 
 import glob
@@ -157,11 +163,7 @@ def selective_checkpoint_context():
 
 class VARHFPreTrainedModel(PreTrainedModel):
     """`PreTrainedModel` with strict `from_pretrained` and Auto-class metadata in `save_pretrained` (see the module
-    docstring). Subclasses set `auto_module` (the var_hf module that defines the model) and may override
-    [`likely_loading_cause`]."""
-
-    # The module of var_hf that defines the model: the shim saved with the weights imports from it.
-    auto_module: str = ""
+    docstring). Subclasses may override [`likely_loading_cause`]."""
 
     def likely_loading_cause(self, checkpoint_keys: set, expected_keys: set) -> Optional[str]:
         """A sentence on why a checkpoint's keys do not fit this model, or None for the generic one."""
@@ -200,39 +202,125 @@ class VARHFPreTrainedModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ saving
 
-    def auto_map(self) -> Dict[str, str]:
-        """The `auto_map` entry of config.json: both Auto classes resolve to the shim module saved with the weights."""
-        shim = self.auto_module.rsplit(".", 1)[-1]
-        return {
-            "AutoConfig": f"{shim}.{type(self.config).__name__}",
-            "AutoModel": f"{shim}.{type(self).__name__}",
-        }
-
-    def auto_shim_source(self) -> str:
-        config_module = type(self.config).__module__
-        return (
-            f'"""Loads {type(self).__name__} from the installed var_hf package (`pip install var_hf`) for\n'
-            "`AutoModel.from_pretrained(..., trust_remote_code=True)` in transformers and diffusers.\"\"\"\n\n"
-            f"from {config_module} import {type(self.config).__name__}  # noqa: F401\n"
-            f"from {self.auto_module} import {type(self).__name__}  # noqa: F401\n"
-        )
-
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' `save_pretrained`, plus the `auto_map` shim (see the module docstring)."""
-        if self.auto_module and not os.path.isfile(save_directory):
-            self.config.auto_map = self.auto_map()
+        """transformers' `save_pretrained`, plus `auto_map` in config.json and the shim module it names (see the
+        module docstring)."""
+        self.config.auto_map = component_auto_map(type(self))
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self.auto_module and os.path.isdir(save_directory):
-            shim = self.auto_module.rsplit(".", 1)[-1] + ".py"
-            write_text_atomically(os.path.join(save_directory, shim), self.auto_shim_source())
+        if os.path.isdir(save_directory):
+            write_text_atomically(os.path.join(save_directory, AUTO_SHIM_FILE), auto_shim_source([type(self)]))
         return result
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Auto-class files
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The module saved next to the weights (and at the root of a saved pipeline) that `auto_map` points at.
+AUTO_SHIM_MODULE = "var_hf_auto"
+AUTO_SHIM_FILE = AUTO_SHIM_MODULE + ".py"
+# diffusers' `AutoModel.from_pretrained(pipeline, subfolder=...)` reads `auto_map` from model_index.json, one class
+# name for every component: each component's shim defines it.
+COMPONENT_ALIAS = "Component"
+
+
+def component_auto_map(model_class: type) -> Dict[str, str]:
+    """The `auto_map` of a component's config.json: both Auto classes resolve to the shim module."""
+    return {
+        "AutoConfig": f"{AUTO_SHIM_MODULE}.{model_class.config_class.__name__}",
+        "AutoModel": f"{AUTO_SHIM_MODULE}.{model_class.__name__}",
+    }
+
+
+def pipeline_auto_map() -> Dict[str, str]:
+    """The `auto_map` of a saved pipeline's model_index.json, for diffusers' `AutoModel` with `subfolder=`."""
+    return {"AutoModel": f"{AUTO_SHIM_MODULE}.{COMPONENT_ALIAS}"}
+
+
+def auto_shim_source(model_classes: Sequence[type]) -> str:
+    """A module that imports `model_classes` and their configurations from the installed var_hf. With one class it
+    also names it `Component` (see `pipeline_auto_map`)."""
+    lines = [
+        '"""Loads var_hf models from the installed package (`pip install var_hf`) for the Auto classes of transformers',
+        'and diffusers: `AutoModel.from_pretrained(..., trust_remote_code=True)`. Written by var_hf\'s save_pretrained."""',
+        "",
+    ]
+    for model_class in model_classes:
+        config_class = model_class.config_class
+        lines.append(f"from {config_class.__module__} import {config_class.__name__}  # noqa: F401")
+        lines.append(f"from {model_class.__module__} import {model_class.__name__}  # noqa: F401")
+    if len(model_classes) == 1:
+        lines += ["", f"{COMPONENT_ALIAS} = {model_classes[0].__name__}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_pipeline_auto_files(save_directory, model_classes: Sequence[type]) -> Dict[str, str]:
+    """Write the root shim of a saved pipeline holding `model_classes` and return the `auto_map` for its
+    model_index.json. transformers looks for `auto_map` modules at the root of a folder even with `subfolder=`, so
+    `transformers.AutoModel.from_pretrained(pipeline, subfolder="transformer", trust_remote_code=True)` needs it."""
+    write_text_atomically(os.path.join(save_directory, AUTO_SHIM_FILE), auto_shim_source(list(model_classes)))
+    return pipeline_auto_map()
+
+
+def add_auto_class_files(pipeline_directory) -> List[str]:
+    """Give an already saved pipeline folder (or a single model's folder) what a new `save_pretrained` writes for the
+    Auto classes: `auto_map` in every var_hf component's config.json, the shim modules, and in a pipeline
+    model_index.json's `auto_map`. Returns the files written. Weights are not touched."""
+    import json
+
+    from .file_utils import write_json_atomically
+
+    written, model_classes = [], []
+    folders = [pipeline_directory] + [
+        os.path.join(pipeline_directory, name) for name in sorted(os.listdir(pipeline_directory))
+    ]
+    for folder in folders:
+        config_path = os.path.join(folder, "config.json")
+        if not os.path.isfile(config_path):
+            continue
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        model_class = _var_hf_model_class(config.get("model_type"))
+        if model_class is None:
+            continue
+        config["auto_map"] = component_auto_map(model_class)
+        write_json_atomically(config_path, config)
+        write_text_atomically(os.path.join(folder, AUTO_SHIM_FILE), auto_shim_source([model_class]))
+        written += [config_path, os.path.join(folder, AUTO_SHIM_FILE)]
+        model_classes.append(model_class)
+    index_path = os.path.join(pipeline_directory, "model_index.json")
+    if os.path.isfile(index_path) and model_classes:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        index["auto_map"] = write_pipeline_auto_files(pipeline_directory, model_classes)
+        write_json_atomically(index_path, index)
+        written += [index_path, os.path.join(pipeline_directory, AUTO_SHIM_FILE)]
+    return written
+
+
+def _var_hf_model_class(model_type: Optional[str]) -> Optional[type]:
+    if model_type == "var_transformer":
+        from .modeling_var import VARTransformer
+
+        return VARTransformer
+    if model_type == "var_multiscale_vqvae":
+        from .modeling_vqvae import MultiScaleVQVAE
+
+        return MultiScaleVQVAE
+    return None
+
+
 __all__ = [
+    "AUTO_SHIM_FILE",
     "SELECTIVE_CHECKPOINT_SAVED_OPS",
     "VARHFPreTrainedModel",
     "WeightsMismatchError",
+    "add_auto_class_files",
+    "auto_shim_source",
     "check_loading_info",
+    "component_auto_map",
+    "pipeline_auto_map",
     "selective_checkpoint_context",
     "unreadable_weights_error",
+    "write_pipeline_auto_files",
 ]

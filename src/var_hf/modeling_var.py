@@ -276,7 +276,6 @@ class VARPreTrainedModel(VARHFPreTrainedModel):
     _no_split_modules = ["VARBlock"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    auto_module = "var_hf.modeling_var"
 
     def likely_loading_cause(self, checkpoint_keys: set, expected_keys: set) -> Optional[str]:
         if any(key.startswith(("encoder.", "decoder.", "quantizer.")) for key in checkpoint_keys):

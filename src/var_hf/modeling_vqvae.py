@@ -450,7 +450,6 @@ class MultiScaleVQVAEPreTrainedModel(VARHFPreTrainedModel):
     main_input_name = "pixel_values"
     _no_split_modules = ["VQVAEResnetBlock", "VQVAEAttnBlock"]
     supports_gradient_checkpointing = False
-    auto_module = "var_hf.modeling_vqvae"
 
     def likely_loading_cause(self, checkpoint_keys: set, expected_keys: set) -> Optional[str]:
         if any(key.startswith(("blocks.", "word_embed.", "head.")) for key in checkpoint_keys):
