@@ -4,7 +4,6 @@ two-process (gloo) run against a one-process run with the same global batch.
 Everything runs on tiny models (8x8 images, patch_nums (1, 2, 4)) and slices of the real Fashion-MNIST.
 """
 
-import argparse
 import glob
 import json
 import os
@@ -20,7 +19,12 @@ from safetensors.torch import load_file
 
 from var_hf import MultiScaleVQVAE, VARTransformer
 from var_hf.data import ImageTransform, fashion_mnist_available, load_fashion_mnist
-from var_hf.training import common, tokenize, train_var, train_vqvae
+from var_hf.commands import UsageError
+from var_hf.commands import tokenize_dataset as tokenize_cmd
+from var_hf.commands import train_var as train_var_cmd
+from var_hf.commands import train_vqvae as train_vqvae_cmd
+from var_hf.commands.train_var import build_parser
+from var_hf.training import arguments, checkpointing, losses, optimization, train_var, train_vqvae
 
 from conftest import make_var_config, make_vqvae_config
 
@@ -45,10 +49,35 @@ def vqvae_dir(tmp_path_factory):
     return str(folder)
 
 
+TRAIN_VAR_SCRIPT = os.path.join(os.path.dirname(train_var.__file__), "train_var.py")
+
+# Run `var-hf train-var ARGS` in a subprocess that SIGKILLs itself at a chosen point of the save of step N: "after"
+# the checkpoint is complete, or "during" it (after accelerate's files, before our files, manifest and rename). The
+# hook lives only here, in the test.
+KILL_HELPER = """
+import os, signal, sys
+from var_hf.training import checkpointing
+from var_hf.commands.train_var import main
+step, when = int(sys.argv[1]), sys.argv[2]
+save = checkpointing.CheckpointManager.save
+def killing_save(self, at, tensors=None, extra=None):
+    if at == step and when == "during":
+        real = self.accelerator.save_state
+        def save_state(path):
+            real(path)
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.accelerator.save_state = save_state
+    out = save(self, at, tensors, extra)
+    if at == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+checkpointing.CheckpointManager.save = killing_save
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def _subprocess_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop(common.KILL_ENV, None)
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
 def _free_port() -> int:
@@ -77,24 +106,24 @@ def _weights(folder):
 
 def test_lr_schedule_follows_the_reference():
     # Reference lr_wd_annealing('lin0', wp_it=10, max_it=110, wp0=0.005, wpe=0.01).
-    lr = lambda step: common.lr_ratio(step, 10, 110, "lin0", 0.005, 0.01)  # noqa: E731
+    lr = lambda step: optimization.lr_ratio(step, 10, 110, "lin0", 0.005, 0.01)  # noqa: E731
     assert lr(0) == pytest.approx(0.005)
     assert lr(5) == pytest.approx(0.005 + 0.995 * 0.5)
     assert lr(10) == 1.0 and lr(14) == 1.0  # flat for the first 5% after warm-up
     assert lr(109) == pytest.approx(0.01)  # ends at wpe
     passed = (60 - 10) / (109 - 10)
     assert lr(60) == pytest.approx(0.01 + 0.99 * (1 - passed) / 0.95)
-    assert common.lr_ratio(109, 10, 110, "cos", 0.005, 0.01) == pytest.approx(0.01)
-    assert common.lr_ratio(50, 10, 110, "const") == 1.0
+    assert optimization.lr_ratio(109, 10, 110, "cos", 0.005, 0.01) == pytest.approx(0.01)
+    assert optimization.lr_ratio(50, 10, 110, "const") == 1.0
     with pytest.raises(ValueError, match="Unknown lr schedule"):
-        common.lr_ratio(50, 10, 110, "bogus")
-    args = argparse.Namespace(lr=None, base_lr=1e-4, batch_size=768)
-    assert common.peak_learning_rate(args) == pytest.approx(3e-4)  # base_lr * batch / 256
+        optimization.lr_ratio(50, 10, 110, "bogus")
+    args = arguments.TrainingArguments(output_dir="unused", lr=None, base_lr=1e-4, batch_size=768)
+    assert args.peak_lr == pytest.approx(3e-4)  # base_lr * batch / 256
 
 
 def test_param_groups_exclude_embeddings_norms_and_biases():
     model = VARTransformer(make_var_config())
-    groups = common.param_groups(model, train_var.VAR_NO_DECAY_KEYS)
+    groups = optimization.param_groups(model, train_var.VAR_NO_DECAY_KEYS)
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for p in groups[0]["params"]}
     no_decay = {names[id(p)] for p in groups[1]["params"]}
@@ -107,13 +136,13 @@ def test_param_groups_exclude_embeddings_norms_and_biases():
 
 def test_ema_tracks_and_restores():
     model = torch.nn.Linear(2, 2)
-    ema = common.EMA(model, decay=0.5)
+    ema = optimization.EMA(model, decay=0.5)
     start = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
     ema.update(model)  # first update: decay min(0.5, 1/10) = 0.1
     assert torch.allclose(ema.shadow["weight"], start + 0.9)
-    other = common.EMA(torch.nn.Linear(2, 2), decay=0.5)
+    other = optimization.EMA(torch.nn.Linear(2, 2), decay=0.5)
     other.load_state_dict(ema.state_dict())
     target = torch.nn.Linear(2, 2)
     other.copy_to(target)
@@ -128,7 +157,7 @@ def test_training_loss_is_the_models_loss_and_progressive_weights():
     tf_input = torch.randn(2, config.seq_len - 1, config.vq_embed_dim)
     gt = torch.randint(0, config.vocab_size, (2, config.seq_len))
     out = model(labels, tf_input, labels=gt)
-    args = argparse.Namespace(progressive=0.0, progressive_start=1, progressive_warmup_steps=None)
+    args = arguments.VARModelArguments(vqvae="unused", progressive=0.0, progressive_start=1)
     weights = train_var.token_weights(config, 0, 100, args, 10)
     ce = torch.nn.functional.cross_entropy(out.logits.view(-1, config.vocab_size), gt.view(-1), label_smoothing=0.1,
                                            reduction="none").view(2, -1)
@@ -139,7 +168,7 @@ def test_training_loss_is_the_models_loss_and_progressive_weights():
     assert metrics["Lm"] == pytest.approx(per_scale, rel=1e-5)
 
     # Progressive: scales 0..1 during warm-up, the last scale ramped in, then everything.
-    args = argparse.Namespace(progressive=0.5, progressive_start=1, progressive_warmup_steps=4)
+    args = arguments.VARModelArguments(vqvae="unused", progressive=0.5, progressive_start=1, progressive_warmup_steps=4)
     assert train_var.progressive_scale(5, 100, 10, 0.5, 1, 3) == 1
     w = train_var.token_weights(config, 5, 100, args, 10)
     assert torch.all(w[:5] == 1 / 21) and torch.all(w[5:] == 0)
@@ -147,6 +176,17 @@ def test_training_loss_is_the_models_loss_and_progressive_weights():
     assert train_var.progressive_scale(40, 100, 10, 0.5, 1, 3) == -1 and torch.all(w == 1 / 21)
     w = train_var.token_weights(config, 29, 100, args, 10)
     assert train_var.progressive_scale(29, 100, 10, 0.5, 1, 3) == -1 or torch.all(w[5:] < 1 / 21)
+
+    # Four scales (1, 2, 3, 4: 1 + 4 + 9 + 16 = 30 tokens), so a middle scale is added after the first stage and its
+    # weight ramps up: scale 2 enters at step 21 (warm-up 10, end 50) and reaches full weight 4 steps later.
+    config4 = make_var_config(patch_nums=(1, 2, 3, 4))
+    pg = (100, 10, 0.5, 1, 4)
+    assert [train_var.progressive_scale(s, *pg) for s in (10, 20, 21, 39, 40)] == [1, 1, 2, 2, -1]
+    weights = [train_var.token_weights(config4, s, 100, args, 10) for s in (20, 21, 22, 23, 24, 30)]
+    assert torch.all(weights[0][:5] == 1 / 30) and torch.all(weights[0][5:] == 0)  # scale 2 not yet in
+    ramp = [w[5:14].unique().item() * 30 for w in weights[1:]]
+    assert ramp == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])  # (step - 21 + 1) / 4, capped at 1
+    assert all(torch.all(w[:5] == 1 / 30) and torch.all(w[14:] == 0) for w in weights[1:])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -188,47 +228,69 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_lpips_loads_user_files_and_never_downloads(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        train_vqvae.LPIPS.from_files([str(tmp_path / "vgg16.pth")])
+        losses.LPIPS.from_files([str(tmp_path / "vgg16.pth")])
     torch.manual_seed(0)
-    reference = train_vqvae.LPIPS()
+    reference = losses.LPIPS()
     state = reference.state_dict()
     # torchvision's VGG16 layout and the lpips package's heads, in two files.
     torch.save({k: v for k, v in state.items() if k.startswith("features.")}, tmp_path / "vgg16.pth")
     torch.save({f"lin{k}.model.1.weight": state[f"lins.{k}.weight"].abs() for k in range(5)}, tmp_path / "vgg.pth")
     with pytest.raises(ValueError, match="linear heads"):
-        train_vqvae.LPIPS.from_files([str(tmp_path / "vgg16.pth")])
-    lpips = train_vqvae.LPIPS.from_files([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth")])
+        losses.LPIPS.from_files([str(tmp_path / "vgg16.pth")])
+    lpips = losses.LPIPS.from_files([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth")])
     x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.allclose(lpips(x, x), torch.zeros(2), atol=1e-6)
     assert (lpips(x, y) > 0).all() and lpips(x, y).shape == (2,)
 
 
 def test_patch_discriminator_and_adaptive_weight():
-    disc = train_vqvae.PatchDiscriminator(3, 16, num_layers=1)
+    disc = losses.PatchDiscriminator(3, 16, num_layers=1)
     assert disc(torch.randn(2, 3, 8, 8)).shape == (2, 1, 2, 2)
-    assert train_vqvae.PatchDiscriminator(3, 16, num_layers=3)(torch.randn(1, 3, 32, 32)).shape == (1, 1, 2, 2)
+    assert losses.PatchDiscriminator(3, 16, num_layers=3)(torch.randn(1, 3, 32, 32)).shape == (1, 1, 2, 2)
     last = torch.nn.Parameter(torch.randn(4))
-    weight = train_vqvae.adaptive_gan_weight((last * 2).sum(), (last * 0.5).sum(), last)
+    weight = losses.adaptive_gan_weight((last * 2).sum(), (last * 0.5).sum(), last)
     assert weight.item() == pytest.approx(4.0, rel=1e-3)
-    assert train_vqvae.hinge_d_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)).item() == 0.0
+    assert losses.hinge_d_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)).item() == 0.0
 
 
-@pytest.mark.parametrize("module", [train_vqvae, train_var, tokenize])
-def test_every_option_is_a_flag_with_help(module):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
+COMMAND_DATACLASSES = {
+    "train-vqvae": (arguments.VQVAEModelArguments, arguments.DataArguments, arguments.VQVAETrainingArguments),
+    "train-var": (arguments.VARModelArguments, arguments.DataArguments, arguments.TrainingArguments),
+    "tokenize": (arguments.TokenizeArguments,),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_DATACLASSES))
+def test_every_option_is_a_flag_with_help_in_both_spellings(command):
+    parser = build_parser(COMMAND_DATACLASSES[command], command, "")
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
+        if action.dest == "help":
             continue
-        assert action.option_strings and action.option_strings[0].startswith("--"), action.dest
+        assert action.option_strings[0].startswith("--") and "_" not in action.option_strings[0], action.dest
+        assert "--" + action.dest in action.option_strings, action.dest  # --x_y is accepted
         assert action.help, f"--{action.dest} has no help text"
-    assert callable(module.run) and callable(module.main)
+    required = {"train-vqvae": [], "train-var": ["--vqvae", "v"], "tokenize": ["--vqvae", "v"]}[command]
+    for spelling in ("--output_dir", "--output-dir"):
+        parsed = parser.parse_args_into_dataclasses(args=required + [spelling, "out"])
+        assert [p.output_dir for p in parsed if hasattr(p, "output_dir")] == ["out"]
+
+
+def test_patch_schedules_and_accumulation_flag_spellings():
+    parser = build_parser(COMMAND_DATACLASSES["train-vqvae"], "train-vqvae", "")
+    for words in (["1,2,4"], ["1_2_4"], ["1", "2", "4"]):
+        model_args, _, training_args = parser.parse_args_into_dataclasses(
+            args=["--output_dir", "o", "--patch_nums", *words, "--grad_accum", "3"])
+        assert model_args.patch_nums == [1, 2, 4] and training_args.gradient_accumulation_steps == 3
+    _, _, training_args = parser.parse_args_into_dataclasses(args=["--output-dir", "o", "--gradient-accumulation-steps",
+                                                                   "2"])
+    assert training_args.gradient_accumulation_steps == 2
+    assert arguments.parse_int_list("1_2_3_4_5_6_8_10_13_16") == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
 
 
 def test_global_batch_must_split_evenly():
-    assert common.per_process_batch_size(64, 2, 4) == 8
-    with pytest.raises(ValueError, match="divisible"):
-        common.per_process_batch_size(10, 4, 1)
+    assert optimization.per_process_batch_size(64, 2, 4) == 8
+    with pytest.raises(ValueError, match="multiple"):
+        optimization.per_process_batch_size(10, 4, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -244,7 +306,7 @@ def test_vqvae_training_with_gan_dead_codes_ema_and_exact_resume(tmp_path):
         "--disc_channels", "16", "--dead_code_steps", "1", "--dead_code_every", "1", "--ema_decay", "0.9",
         "--gradient_checkpointing", "--log_with", "jsonl,tensorboard", "--log_every", "1", "--hflip",
     ]
-    assert train_vqvae.main(argv) == 0
+    assert train_vqvae_cmd.main(argv) == 0
     records = _metrics(out)
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
@@ -264,7 +326,7 @@ def test_vqvae_training_with_gan_dead_codes_ema_and_exact_resume(tmp_path):
     final = _weights(os.path.join(out, "checkpoint-00000004"))
     shutil.rmtree(os.path.join(out, "checkpoint-00000004"))
     shutil.rmtree(os.path.join(out, "vqvae"))
-    assert train_vqvae.main(argv + ["--resume", "latest"]) == 0
+    assert train_vqvae_cmd.main(argv + ["--resume", "latest"]) == 0
     resumed = _weights(os.path.join(out, "checkpoint-00000004"))
     assert all(torch.equal(final[k], resumed[k]) for k in final)
     assert [r["step"] for r in _metrics(out) if "train/loss" in r] == [1, 2, 3, 4]  # no duplicated steps
@@ -273,14 +335,14 @@ def test_vqvae_training_with_gan_dead_codes_ema_and_exact_resume(tmp_path):
 def test_full_and_selective_checkpointing_exclude_each_other(tmp_path):
     argv = TINY_VAR + ["--vqvae", str(tmp_path / "unused"), "--output_dir", str(tmp_path / "out"),
                        "--gradient_checkpointing", "--selective_checkpointing"]
-    with pytest.raises(ValueError, match="Choose one of --gradient_checkpointing"):
-        train_var.run(train_var.add_arguments(argparse.ArgumentParser()).parse_args(argv))
+    with pytest.raises(UsageError, match="Choose one of --gradient_checkpointing"):
+        train_var_cmd.main(argv)
     assert not (tmp_path / "out").exists()
 
 
 def test_tokenize_then_train_var_writes_a_loadable_pipeline(tmp_path, vqvae_dir):
     tokens = str(tmp_path / "tokens")
-    assert tokenize.main(["--vqvae", vqvae_dir, "--output_dir", tokens, "--splits", "train,test",
+    assert tokenize_cmd.main(["--vqvae", vqvae_dir, "--output_dir", tokens, "--splits", "train,test",
                           "--max_samples", "32", "--batch_size", "16"]) == 0
     import datasets
 
@@ -298,7 +360,7 @@ def test_tokenize_then_train_var_writes_a_loadable_pipeline(tmp_path, vqvae_dir)
         "--val_split", "validation", "--save_every", "10", "--label_smoothing", "0.1", "--log_every", "1",
         "--gradient_checkpointing", "--ema_decay", "0.9", "--export_weights", "ema",
     ]
-    assert train_var.main(argv) == 0
+    assert train_var_cmd.main(argv) == 0
     record = [r for r in _metrics(out) if "val/Lm" in r][-1]
     assert {"val/Lm", "val/Lt", "val/Accm", "val/Acct", "val/L_4x4", "val_ema/Lm"} <= set(record)
     from var_hf.pipelines import VARPipeline
@@ -309,40 +371,40 @@ def test_tokenize_then_train_var_writes_a_loadable_pipeline(tmp_path, vqvae_dir)
                   output_type="np").images
     assert images.shape == (2, 8, 8, 3) and images.min() >= 0 and images.max() <= 1
     assert os.path.exists(os.path.join(out, "pipeline", "README.md"))
-    ema = torch.load(os.path.join(out, "checkpoint-00000003", "custom_checkpoint_0.pkl"), weights_only=False)
+    ema = load_file(os.path.join(out, "checkpoint-00000003", "ema.safetensors"))
     exported = VARTransformer.from_pretrained(os.path.join(out, "transformer"))
-    assert torch.equal(exported.head.weight, ema["shadow"]["head.weight"])  # --export_weights ema
+    assert torch.equal(exported.head.weight, ema["head.weight"])  # --export_weights ema
 
     other = str(tmp_path / "other_vqvae")
     torch.manual_seed(1)
     MultiScaleVQVAE(make_vqvae_config()).save_pretrained(other)
     with pytest.raises(ValueError, match="tokenized by another VQVAE"):
-        train_var.main(argv + ["--vqvae", other, "--output_dir", str(tmp_path / "bad")])
+        train_var_cmd.main(argv + ["--vqvae", other, "--output_dir", str(tmp_path / "bad")])
 
 
 def test_corrupt_or_incompatible_checkpoints_fail_loudly(tmp_path, vqvae_dir):
     out = str(tmp_path / "var")
     argv = TINY_VAR + ["--vqvae", vqvae_dir, "--output_dir", out, "--max_steps", "2", "--save_every", "1",
                        "--validate_every", "-1"]
-    assert train_var.main(argv) == 0
-    with pytest.raises(common.CheckpointError, match="transformer_config"):
-        train_var.main(argv + ["--resume", "latest", "--depth", "3"])
-    with pytest.raises(common.CheckpointError, match="batch_size"):
-        train_var.main(argv + ["--resume", "latest", "--batch_size", "16"])
-    with pytest.raises(common.CheckpointError, match="no such checkpoint"):
-        train_var.main(argv + ["--resume", str(tmp_path / "nope")])
+    assert train_var_cmd.main(argv) == 0
+    with pytest.raises(checkpointing.CheckpointError, match="transformer_config"):
+        train_var_cmd.main(argv + ["--resume", "latest", "--depth", "3"])
+    with pytest.raises(checkpointing.CheckpointError, match="batch_size"):
+        train_var_cmd.main(argv + ["--resume", "latest", "--batch_size", "16"])
+    with pytest.raises(UsageError, match="no such checkpoint"):
+        train_var_cmd.main(argv + ["--resume", str(tmp_path / "nope")])
     latest = os.path.join(out, "checkpoint-00000002")
     with open(os.path.join(latest, "model.safetensors"), "r+b") as f:
         f.truncate(100)
-    with pytest.raises(common.CheckpointError, match="Could not load checkpoint"):
-        train_var.main(argv + ["--resume", "latest"])
-    os.remove(os.path.join(latest, common.TRAINER_STATE_NAME))
-    with pytest.raises(common.CheckpointError, match="not a complete checkpoint"):
-        train_var.main(argv + ["--resume", "latest"])
+    with pytest.raises(checkpointing.CheckpointError, match="Could not load checkpoint.*model.safetensors"):
+        train_var_cmd.main(argv + ["--resume", "latest"])
+    os.remove(os.path.join(latest, checkpointing.TRAINER_STATE_NAME))
+    with pytest.raises(checkpointing.CheckpointError, match="not a complete checkpoint"):
+        train_var_cmd.main(argv + ["--resume", "latest"])
     # A save interrupted before the rename leaves only a .tmp folder: ignored and cleaned up.
     os.makedirs(os.path.join(out, ".tmp-checkpoint-00000009"))
     shutil.rmtree(latest)
-    assert train_var.main(argv + ["--resume", "latest"]) == 0
+    assert train_var_cmd.main(argv + ["--resume", "latest"]) == 0
     assert not glob.glob(os.path.join(out, ".tmp-*"))
 
 
@@ -351,10 +413,11 @@ def test_corrupt_or_incompatible_checkpoints_fail_loudly(tmp_path, vqvae_dir):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_killed_training_resumes_to_identical_weights(tmp_path, vqvae_dir):
-    """A real training process SIGKILLs itself right after step 4's checkpoint; resuming reaches step 6 with the
-    same weights, EMA and losses as a run that was never interrupted (class dropout, drop path, random crops and
-    flips included)."""
+@pytest.mark.parametrize("when", ["after", "during"])
+def test_killed_training_resumes_to_identical_weights(tmp_path, vqvae_dir, when):
+    """A real training process is SIGKILLed right after step 4's checkpoint is complete, or in the middle of writing
+    it; resuming reaches step 6 with the same weights, EMA and losses as a run that was never interrupted (class
+    dropout, drop path, random crops and flips included)."""
     common_args = TINY_VAR + [
         "--vqvae", vqvae_dir, "--max_steps", "6", "--save_every", "2", "--log_every", "1", "--grad_accum", "2",
         "--ema_decay", "0.9", "--cond_drop_rate", "0.5", "--drop_path_rate", "0.2", "--hflip",
@@ -362,44 +425,52 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, vqvae_dir):
     ]
     killed = str(tmp_path / "killed")
     proc = subprocess.run(
-        [sys.executable, "-m", "var_hf.training.train_var", *common_args, "--output_dir", killed],
-        env={**_subprocess_env(), common.KILL_ENV: "4"}, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", KILL_HELPER, "4", when, *common_args, "--output_dir", killed],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert sorted(os.listdir(killed))[:2] == ["checkpoint-00000002", "checkpoint-00000004"]
+    left = sorted(os.listdir(killed))
+    if when == "after":
+        assert left[:2] == ["checkpoint-00000002", "checkpoint-00000004"]
+    else:  # the interrupted save left only its temporary folder
+        assert "checkpoint-00000004" not in left and ".tmp-checkpoint-00000004" in left
     assert not os.path.exists(os.path.join(killed, "transformer"))
+    # Starting again without --resume would replace the killed run's checkpoints: refused.
+    with pytest.raises(UsageError, match="--resume latest"):
+        train_var_cmd.main(common_args + ["--output_dir", killed])
 
     straight = str(tmp_path / "straight")
-    assert train_var.main(common_args + ["--output_dir", straight]) == 0
-    assert train_var.main(common_args + ["--output_dir", killed, "--resume", "latest"]) == 0
+    assert train_var_cmd.main(common_args + ["--output_dir", straight]) == 0
+    assert train_var_cmd.main(common_args + ["--output_dir", killed, "--resume", "latest"]) == 0
 
     expected, got = _weights(os.path.join(straight, "transformer")), _weights(os.path.join(killed, "transformer"))
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-    ema = [torch.load(os.path.join(d, "checkpoint-00000006", "custom_checkpoint_0.pkl"), weights_only=False)
-           for d in (straight, killed)]
-    assert all(torch.equal(ema[0]["shadow"][k], ema[1]["shadow"][k]) for k in ema[0]["shadow"])
+    ema = [load_file(os.path.join(d, "checkpoint-00000006", "ema.safetensors")) for d in (straight, killed)]
+    assert ema[0].keys() == ema[1].keys() and all(torch.equal(ema[0][k], ema[1][k]) for k in ema[0])
     assert _train_losses(straight) == _train_losses(killed)
 
 
 def test_two_processes_match_one_process(tmp_path, vqvae_dir):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): each process takes half of every global batch
-    (contiguous slices of the same permutation), so losses and weights match a one-process run with the same
-    --batch_size. Class dropout and drop path are off: their per-process random streams legitimately differ."""
+    """`accelerate launch --multi_gpu --num_processes 2 src/var_hf/training/train_var.py` on CPU (gloo; the launch
+    form docs/training.md shows): each process takes half of every global batch (contiguous slices of the same
+    permutation), so losses and weights match a one-process run with the same --batch_size. Class dropout and drop
+    path are off: their per-process random streams legitimately differ."""
     args = TINY_VAR + ["--vqvae", vqvae_dir, "--max_steps", "3", "--log_every", "1", "--cond_drop_rate", "0",
                        "--drop_path_rate", "0", "--lr", "1e-3", "--save_every", "10"]
     two = str(tmp_path / "two")
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(_free_port()), "-m", "var_hf.training.train_var", *args, "--output_dir", two],
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), TRAIN_VAR_SCRIPT, *args,
+         "--output-dir", two],
         env=_subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "INFO accelerate" not in proc.stdout + proc.stderr  # accelerate's INFO lines are off by default
     run_config = json.load(open(os.path.join(two, "training_config.json")))
     assert run_config["environment"]["num_processes"] == 2 and run_config["micro_batch_per_process"] == 4
 
     one = str(tmp_path / "one")
-    assert train_var.main(args + ["--output_dir", one]) == 0
+    assert train_var_cmd.main(args + ["--output_dir", one]) == 0
     losses_two, losses_one = _train_losses(two), _train_losses(one)
     assert losses_two.keys() == losses_one.keys() == {1, 2, 3}
     for step in losses_one:

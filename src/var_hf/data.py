@@ -32,6 +32,8 @@ FASHION_MNIST_CLASSES = (
 )
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
 # Split names tried, in order, when the requested one does not exist (ImageNet's `val` folder becomes `validation`).
 SPLIT_ALIASES = {
     "validation": ("validation", "val", "valid", "test"),
@@ -122,22 +124,31 @@ def load_image_dataset(
     image_column: str = "image",
     label_column: str = "label",
     max_samples: Optional[int] = None,
+    require_labels: bool = True,
 ):
     """Load an image classification dataset and return it with columns `image` and `label` (a `ClassLabel`).
 
     Args:
         source (`str`):
-            `"fashion-mnist"`, a folder in ImageNet's `train/<class>/…`, `val/<class>/…` layout, a folder written by
-            `Dataset.save_to_disk`/`DatasetDict.save_to_disk`, or a Hub dataset id.
+            `"fashion-mnist"`, a folder in ImageNet's `train/<class>/…`, `val/<class>/…` layout (`imagefolder:<path>`
+            names the same), a folder of images without split folders (its images are the `train` split), a folder
+            written by `Dataset.save_to_disk`/`DatasetDict.save_to_disk`, or a Hub dataset id.
         split (`str`, *optional*, defaults to `"train"`):
             Split to read; `validation`, `val` and `test` stand in for one another when only one exists.
         image_column (`str`, *optional*, defaults to `"image"`), label_column (`str`, *optional*, defaults to `"label"`):
             Column names in the source; they are renamed to `image` and `label`.
         max_samples (`int`, *optional*):
             Keep only the first `max_samples` rows.
+        require_labels (`bool`, *optional*, defaults to `True`):
+            With `False`, a source without a label column is returned with the `image` column only (stage-1 training
+            needs no labels; [`TransformedDataset`] then yields label -1).
     """
     import datasets
 
+    if source.startswith("imagefolder:"):
+        source = source[len("imagefolder:"):]
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"imagefolder:{source}: no such folder.")
     if source.lower() in FASHION_MNIST_NAMES:
         return load_fashion_mnist(split, max_samples=max_samples)
     if os.path.isdir(source) and os.path.exists(os.path.join(source, "train-images-idx3-ubyte.gz")):
@@ -155,35 +166,48 @@ def load_image_dataset(
             dataset = loaded
         else:
             subdirs = [d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d))]
-            folder_split = pick_split(subdirs, split, source)
-            dataset = datasets.load_dataset(
-                "imagefolder", data_files={split: os.path.join(source, folder_split, "**")}, split=split
-            )
+            flat = any(os.path.isfile(os.path.join(source, f)) and f.lower().endswith(IMAGE_EXTENSIONS)
+                       for f in os.listdir(source))
+            if flat and not any(name in subdirs for name in ("train", "val", "validation", "test")):
+                if split != "train":
+                    raise ValueError(
+                        f"{source} is a folder of images without split folders: it is the 'train' split only, and has "
+                        f"no {split!r} split (pass --validate_every -1, or make train/ and val/ subfolders)."
+                    )
+                dataset = datasets.load_dataset("imagefolder", data_dir=source, split="train")
+            else:
+                folder_split = pick_split(subdirs, split, source)
+                dataset = datasets.load_dataset(
+                    "imagefolder", data_files={split: os.path.join(source, folder_split, "**")}, split=split
+                )
     else:
         builder_splits = datasets.get_dataset_split_names(source)
         dataset = datasets.load_dataset(source, split=pick_split(builder_splits, split, source))
 
+    has_labels = label_column in dataset.column_names
     for wanted, column in (("image", image_column), ("label", label_column)):
-        if column not in dataset.column_names:
+        if column not in dataset.column_names and (wanted == "image" or require_labels):
             raise ValueError(
                 f"{source} ({split}) has no column {column!r} for the {wanted}s; its columns are "
                 f"{dataset.column_names}. Pass --{wanted}_column."
             )
-    dataset = dataset.select_columns([image_column, label_column])
+    dataset = dataset.select_columns([image_column, label_column] if has_labels else [image_column])
     if image_column != "image":
         dataset = dataset.rename_column(image_column, "image")
-    if label_column != "label":
+    if has_labels and label_column != "label":
         dataset = dataset.rename_column(label_column, "label")
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
-    if not isinstance(dataset.features["label"], datasets.ClassLabel):
+    if has_labels and not isinstance(dataset.features["label"], datasets.ClassLabel):
         num_classes = int(max(dataset["label"])) + 1
         dataset = dataset.cast_column("label", datasets.ClassLabel(names=[str(i) for i in range(num_classes)]))
     return dataset
 
 
 def class_names(dataset) -> List[str]:
-    """Class names from the dataset's `label` ClassLabel feature (index order)."""
+    """Class names from the dataset's `label` ClassLabel feature (index order); empty for an unlabeled dataset."""
+    if "label" not in dataset.features:
+        return []
     return list(dataset.features["label"].names)
 
 
@@ -364,7 +388,7 @@ class TransformedDataset(torch.utils.data.Dataset):
         else:
             index, generator = int(key), None
         row = self.dataset[int(index)]
-        return self.transform(row["image"], generator=generator), int(row["label"])
+        return self.transform(row["image"], generator=generator), int(row.get("label", -1))
 
 
 class TokenDataset(torch.utils.data.Dataset):

@@ -8,174 +8,40 @@ The official VQVAE training code was never released; this is a VQGAN-style recip
          + disc_weight * lambda_adaptive * (-D(x_rec))                     (optional PatchGAN, after --disc_start)
 
 with lambda_adaptive = |grad_last(rec + lpips)| / (|grad_last(gan)| + 1e-4), clamped to [0, 1e4] (VQGAN, Esser et al.
-2021, Eq. 7), and a hinge loss for the discriminator. Codes unused for `--dead_code_steps` steps can be re-initialised
-to random encoder outputs. Per-scale codebook usage is logged.
+2021, Eq. 7), and a hinge loss for the discriminator (see `losses.py`). Codes unused for `--dead_code_steps` steps can
+be re-initialised to random encoder outputs. Per-scale codebook usage is logged. Labels are not used: an image folder
+without classes works.
 
-    accelerate launch -m var_hf.training.train_vqvae --dataset fashion-mnist --output_dir runs/vqvae ...
-    var-hf train-vqvae --dataset fashion-mnist --output_dir runs/vqvae ...
+    var-hf train-vqvae --dataset fashion-mnist --output-dir runs/vqvae ...
+    accelerate launch src/var_hf/training/train_vqvae.py --dataset /data/images --output-dir runs/vqvae ...
+    accelerate launch -m var_hf.training.train_vqvae ...
 """
 
-import argparse
 import contextlib
 import functools
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from dataclasses import asdict
+from typing import Any, Dict
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs
 
-from ..configuration_vqvae import MultiScaleVQVAEConfig
-from ..data import ImageTransform, build_eval_loader, build_train_loader, class_names, load_image_dataset
-from ..modeling_vqvae import MultiScaleVQVAE, phi_index_for_scale
-from . import common
+from var_hf.configuration_vqvae import MultiScaleVQVAEConfig
+from var_hf.data import ImageTransform, load_image_dataset, seeded_generator
+from var_hf.modeling_vqvae import MultiScaleVQVAE, phi_index_for_scale
+from var_hf.training.arguments import DataArguments, TrainingArguments, VQVAEModelArguments
+from var_hf.training.export import vqvae_folder
+from var_hf.training.loop import StepOutput, TrainingStage, train
+from var_hf.training.losses import LPIPS, PatchDiscriminator, adaptive_gan_weight, hinge_d_loss
+from var_hf.training.optimization import build_adamw, param_groups
+from var_hf.training.trackers import is_fsdp, reduce_sum
 
 logger = get_logger(__name__)
 
 VQVAE_NO_DECAY_KEYS = ("codebook",)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# LPIPS (VGG16 features + learned linear heads), weights from user files only
-# ----------------------------------------------------------------------------------------------------------------------
-
-# torchvision's vgg16().features up to relu5_3: (in, out) convs and "M" max-pools, each conv followed by a ReLU.
-_VGG16_LAYOUT = [(3, 64), (64, 64), "M", (64, 128), (128, 128), "M", (128, 256), (256, 256), (256, 256), "M",
-                 (256, 512), (512, 512), (512, 512), "M", (512, 512), (512, 512), (512, 512)]
-_LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in `features` indexing
-_LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-
-
-class LPIPS(nn.Module):
-    r"""
-    LPIPS v0.1 (Zhang et al. 2018) with a VGG16 backbone: unit-normalised features at five depths, squared
-    differences weighted by learned non-negative 1x1 convolutions, averaged over space and summed. Inputs in [-1, 1].
-
-    Nothing is downloaded: [`LPIPS.from_files`] reads the weights from files the user provides — torchvision's VGG16
-    (`features.<i>.weight`, e.g. `vgg16-397923af.pth`) and the LPIPS heads (`lin<k>.model.1.weight`, the `lpips`
-    package's `weights/v0.1/vgg.pth`), or one file with both (e.g. an `lpips.LPIPS` state dict, `net.slice<n>.<i>`).
-    """
-
-    def __init__(self):
-        super().__init__()
-        layers: List[nn.Module] = []
-        for item in _VGG16_LAYOUT:
-            if item == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(item[0], item[1], kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-        self.features = nn.Sequential(*layers)
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in _LPIPS_CHANNELS)
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
-
-    @classmethod
-    def from_files(cls, paths: Sequence[str]) -> "LPIPS":
-        import re
-
-        if not paths:
-            raise ValueError("LPIPS needs weight files (--lpips_weights); nothing is downloaded.")
-        state: Dict[str, torch.Tensor] = {}
-        for path in paths:
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"LPIPS weight file {path} not found. Provide torchvision's VGG16 weights (vgg16-397923af.pth) "
-                    "and the LPIPS v0.1 heads (lpips/weights/v0.1/vgg.pth); nothing is downloaded."
-                )
-            if path.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                loaded = load_file(path)
-            else:
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-                loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
-            for key, value in loaded.items():
-                key = key.removeprefix("module.")
-                m = re.fullmatch(r"(?:net\.slice\d+|features|net\.features)\.(\d+)\.(weight|bias)", key)
-                if m:
-                    state[f"features.{m.group(1)}.{m.group(2)}"] = value
-                    continue
-                m = re.fullmatch(r"lins?\.?(\d)\.(?:model\.1\.)?weight", key)
-                if m:
-                    state[f"lins.{m.group(1)}.weight"] = value
-        model = cls()
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(state))
-        if missing:
-            raise ValueError(
-                f"The LPIPS files {list(paths)} lack {len(missing)} tensors (e.g. {missing[:3]}): pass both the VGG16 "
-                "weights and the LPIPS linear heads."
-            )
-        model.load_state_dict({k: state[k] for k in expected})
-        return model
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-image distance, (B,)."""
-        x = (torch.cat((input, target)) - self.shift) / self.scale
-        total = 0.0
-        tap_index = 0
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i == _LPIPS_TAPS[tap_index]:
-                f_in, f_tgt = x.float().chunk(2)
-                f_in = f_in / (f_in.square().sum(dim=1, keepdim=True).sqrt() + 1e-10)
-                f_tgt = f_tgt / (f_tgt.square().sum(dim=1, keepdim=True).sqrt() + 1e-10)
-                diff = self.lins[tap_index].float()((f_in - f_tgt).square())
-                total = total + diff.mean(dim=(2, 3)).squeeze(1)
-                tap_index += 1
-                if tap_index == len(_LPIPS_TAPS):
-                    break
-        return total
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# PatchGAN discriminator
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix / VQGAN's `NLayerDiscriminator`): 4x4 convolutions, stride 2 for `num_layers` levels, one
-    logit per patch. Each extra layer halves the side, so small images need fewer layers (8x8 works with 1)."""
-
-    def __init__(self, in_channels: int = 3, channels: int = 64, num_layers: int = 3):
-        super().__init__()
-        layers: List[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
-        mult = 1
-        for n in range(1, num_layers + 1):
-            prev, mult = mult, min(2**n, 8)
-            stride = 2 if n < num_layers else 1
-            layers += [
-                nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
-                nn.BatchNorm2d(channels * mult),
-                nn.LeakyReLU(0.2),
-            ]
-        layers.append(nn.Conv2d(channels * mult, 1, 4, 1, 1))
-        self.main = nn.Sequential(*layers)
-        for module in self.modules():  # VQGAN's weights_init
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.normal_(module.weight, 1.0, 0.02)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.main(pixel_values)
-
-
-def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
-
-
-def adaptive_gan_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-    """VQGAN's balance between the reconstruction and adversarial gradients at the decoder's last layer."""
-    nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
-    g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (nll_grads.norm() / (g_grads.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+DEAD_CODES_FILE = "dead_codes.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -213,8 +79,6 @@ def reset_dead_codes(accelerator, vqvae: MultiScaleVQVAE, optimizer, ema, dead: 
     f_BChw = vqvae.encode(pixel_values).float()
     rows_NC = f_BChw.permute(0, 2, 3, 1).reshape(-1, f_BChw.shape[1]).contiguous()
     rows_NC = accelerator.gather(rows_NC) if accelerator.num_processes > 1 else rows_NC
-    from ..data import seeded_generator
-
     pick = torch.randint(0, rows_NC.shape[0], (dead.numel(),), generator=seeded_generator(seed, step, 7))
     codebook = vqvae.quantizer.codebook.weight
     dead_dev = dead.to(codebook.device)
@@ -241,56 +105,9 @@ def enable_vqvae_checkpointing(vqvae: MultiScaleVQVAE):
         module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Arguments
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    common.add_data_arguments(parser)
-    common.add_training_arguments(parser)
-    model = parser.add_argument_group("model (ignored with --init_from)")
-    model.add_argument("--init_from", default=None, help="Fine-tune this saved MultiScaleVQVAE (folder or pipeline).")
-    model.add_argument("--base_channels", type=int, default=160, help="Width of the first encoder level.")
-    model.add_argument("--channel_multipliers", type=common.int_list, default=[1, 1, 2, 2, 4],
-                       help="Width multiplier per level, e.g. 1,2,2 (downsampling 2^(levels-1)).")
-    model.add_argument("--num_res_blocks", type=int, default=2, help="Residual blocks per encoder level.")
-    model.add_argument("--no_attention", action="store_true", help="No self-attention at the lowest level.")
-    model.add_argument("--no_mid_attention", action="store_true", help="No self-attention in the middle block.")
-    model.add_argument("--vocab_size", type=int, default=4096, help="Codebook size.")
-    model.add_argument("--vq_embed_dim", type=int, default=32, help="Code dimension.")
-    model.add_argument("--patch_nums", type=common.int_list, default=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
-                       help="Token-map sides, coarse to fine, e.g. 1_2_3_4_6_8.")
-    model.add_argument("--beta", type=float, default=0.25, help="Commitment weight inside the VQ loss.")
-    model.add_argument("--quant_resi", type=float, default=0.5, help="Phi mixing ratio (0 disables phi).")
-    model.add_argument("--share_quant_resi", type=int, default=4, help="Number of shared phi convolutions.")
-    model.add_argument("--using_znorm", action="store_true", help="Cosine-similarity code lookup.")
-
-    loss = parser.add_argument_group("losses")
-    loss.add_argument("--l1_weight", type=float, default=0.0, help="Weight of the L1 reconstruction loss.")
-    loss.add_argument("--l2_weight", type=float, default=1.0, help="Weight of the L2 reconstruction loss.")
-    loss.add_argument("--vq_weight", type=float, default=1.0, help="Weight of the VQ + commitment loss.")
-    loss.add_argument("--lpips_weight", type=float, default=0.0, help="Weight of LPIPS (needs --lpips_weights).")
-    loss.add_argument("--lpips_weights", nargs="*", default=None,
-                      help="LPIPS weight files: VGG16 (torchvision layout) and the LPIPS v0.1 heads, or one file "
-                      "with both. Nothing is downloaded.")
-    loss.add_argument("--disc_weight", type=float, default=0.0, help="Weight of the PatchGAN loss (0: no GAN).")
-    loss.add_argument("--disc_start", type=int, default=0, help="Step from which the discriminator is used.")
-    loss.add_argument("--disc_layers", type=int, default=3, help="Strided layers of the PatchGAN.")
-    loss.add_argument("--disc_channels", type=int, default=64, help="Width of the PatchGAN's first layer.")
-    loss.add_argument("--disc_lr", type=float, default=None, help="Discriminator peak lr (defaults to the VQVAE's).")
-    loss.add_argument("--no_adaptive_disc_weight", action="store_true",
-                      help="Use --disc_weight as is, without VQGAN's adaptive gradient balancing.")
-    loss.add_argument("--dead_code_steps", type=int, default=0,
-                      help="Re-initialise codes unused for this many steps to random encoder outputs (0: off).")
-    loss.add_argument("--dead_code_every", type=int, default=50, help="Check for dead codes every N steps.")
-    parser.set_defaults(weight_decay=0.0, base_lr=1e-4)
-    return parser
-
-
-def build_config(args) -> MultiScaleVQVAEConfig:
+def build_config(args: VQVAEModelArguments) -> MultiScaleVQVAEConfig:
     if args.init_from:
-        return MultiScaleVQVAE.config_class.from_pretrained(common.vqvae_folder(args.init_from))
+        return MultiScaleVQVAEConfig.from_pretrained(vqvae_folder(args.init_from))
     return MultiScaleVQVAEConfig(
         base_channels=args.base_channels, channel_multipliers=args.channel_multipliers,
         num_res_blocks=args.num_res_blocks, use_attention=not args.no_attention,
@@ -327,8 +144,8 @@ def validate(accelerator, model, loader, vocab_size: int) -> Dict[str, float]:
         sums[2] += (rec - pixel_values).square().flatten(1).mean(1).sum()
         sums[3] += pixel_values.shape[0]
         hits += out.code_hits.sum(0)
-    sums = common.reduce_sum(accelerator, sums)
-    hits = common.reduce_sum(accelerator, hits)
+    sums = reduce_sum(accelerator, sums)
+    hits = reduce_sum(accelerator, hits)
     model.train(was_training)
     n = max(sums[3].item(), 1)
     return {"psnr": sums[0].item() / n, "l1": sums[1].item() / n, "l2": sums[2].item() / n,
@@ -336,142 +153,130 @@ def validate(accelerator, model, loader, vocab_size: int) -> Dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Training
+# The stage
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_phi(config) else []
-    accelerator = common.build_accelerator(args, kwargs_handlers=handlers)
-    common.setup_logging(accelerator)
-    fsdp = common.is_fsdp(accelerator)
-    if fsdp and (args.ema_decay > 0 or args.dead_code_steps > 0 or args.disc_weight > 0):
-        raise ValueError("--ema_decay, --dead_code_steps and --disc_weight are not supported with FSDP; use DDP.")
-    micro_batch = common.per_process_batch_size(args.batch_size, accelerator.num_processes, args.grad_accum)
-    image_size = args.image_size or config.image_size
-    if image_size != config.image_size:
-        raise ValueError(
-            f"--image_size {image_size} does not match the VQVAE (finest patch {config.patch_nums[-1]} x downsample "
-            f"{config.downsample_factor} = {config.image_size})."
-        )
+class VQVAEStage(TrainingStage):
+    kind = "vqvae"
+    export_key, higher_is_better = "psnr", True
 
-    # Data
-    train_set = load_image_dataset(args.dataset, args.train_split, args.image_column, args.label_column,
-                                   args.max_train_samples)
-    val_set = None
-    if args.validate_every >= 0:
-        val_set = load_image_dataset(args.dataset, args.val_split, args.image_column, args.label_column,
-                                     args.max_val_samples)
-    max_steps = common.total_steps(args, len(train_set))
+    def __init__(self, model_args: VQVAEModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+        super().__init__(data_args, training_args)
+        self.model_args = model_args
+        self.config = config = build_config(model_args)
+        self.image_size = data_args.image_size or config.image_size
+        if self.image_size != config.image_size:
+            raise ValueError(
+                f"--image_size {self.image_size} does not match the VQVAE (finest patch {config.patch_nums[-1]} x "
+                f"downsample {config.downsample_factor} = {config.image_size})."
+            )
+        self.use_gan = model_args.disc_weight > 0
 
-    # Model (same init on every process), losses
-    common.seed_everything(args.seed)
-    if args.init_from:
-        vqvae = MultiScaleVQVAE.from_pretrained(common.vqvae_folder(args.init_from))
-    else:
-        vqvae = MultiScaleVQVAE(config)
-    if args.gradient_checkpointing:
-        enable_vqvae_checkpointing(vqvae)
-    vqvae.train()
-    lpips = None
-    if args.lpips_weight > 0:
-        lpips = LPIPS.from_files(args.lpips_weights or []).to(accelerator.device)
-    elif args.lpips_weights:
-        logger.warning("--lpips_weights given but --lpips_weight is 0: LPIPS is not used.", main_process_only=True)
-    use_gan = args.disc_weight > 0
-    optimizer = common.build_adamw(common.param_groups(vqvae, VQVAE_NO_DECAY_KEYS), args)
-    prepared = [vqvae, optimizer]
-    if use_gan:
-        disc = PatchDiscriminator(config.in_channels, args.disc_channels, args.disc_layers)
-        disc_optimizer = torch.optim.AdamW(
-            disc.parameters(), lr=args.disc_lr or common.peak_learning_rate(args), betas=(0.5, 0.9), weight_decay=0.0
-        )
-        prepared += [disc, disc_optimizer]
-    prepared = accelerator.prepare(*prepared)
-    model, optimizer = prepared[:2]
-    disc, disc_optimizer = (prepared[2], prepared[3]) if use_gan else (None, None)
-    unwrapped = accelerator.unwrap_model(model)
-    ema = common.EMA(unwrapped, args.ema_decay) if args.ema_decay > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    tracker = DeadCodeTracker(config.vocab_size)
-    accelerator.register_for_checkpointing(tracker)
+    def model_arguments(self) -> Dict[str, Any]:
+        return asdict(self.model_args)
 
-    # Checkpoints and resumption
-    run_config = {
-        "stage": "vqvae", "args": common.args_to_config(args), "vqvae_config": config.to_dict(),
-        "max_steps": max_steps, "micro_batch_per_process": micro_batch, "image_size": image_size,
-        "peak_lr": common.peak_learning_rate(args), "num_train_samples": len(train_set),
-        "environment": common.environment_info(accelerator),
-    }
-    compat = {
-        "vqvae_config": {k: v for k, v in config.to_dict().items() if k not in ("transformers_version",)},
-        "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed,
-        "num_train_samples": len(train_set), "gan": use_gan,
-    }
-    ckpt, start_step, _ = common.start_or_resume(accelerator, args, "vqvae", compat, run_config)
+    def kwargs_handlers(self):
+        return [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_phi(self.config) else []
 
-    transform = ImageTransform(image_size, args.mid_ratio, random_crop=True, hflip=args.hflip)
-    loader = build_train_loader(
-        train_set, transform, micro_batch, accelerator.num_processes, accelerator.process_index, args.seed,
-        start_batch=start_step * args.grad_accum, num_workers=args.num_workers,
-    )
-    val_loader = None
-    if val_set is not None:
-        val_loader = build_eval_loader(
-            val_set, ImageTransform(image_size, args.mid_ratio, random_crop=False), micro_batch * 2,
-            accelerator.num_processes, accelerator.process_index, args.num_workers,
-        )
-    logger.info(
-        f"VQVAE {sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M params, {len(train_set)} training images "
-        f"({class_names(train_set)[:4]}...), steps {start_step}->{max_steps}, global batch {args.batch_size} = "
-        f"{accelerator.num_processes} proc x {micro_batch} x {args.grad_accum} accum, lr {common.peak_learning_rate(args):.3g}",
-        main_process_only=True,
-    )
+    def check_accelerator(self):
+        m = self.model_args
+        if is_fsdp(self.accelerator) and (self.args.ema_decay > 0 or m.dead_code_steps > 0 or m.disc_weight > 0):
+            raise ValueError("--ema_decay, --dead_code_steps and --disc_weight are not supported with FSDP; use DDP.")
 
-    last_layer = unwrapped.decoder.conv_out.weight
-    progress = common.Progress(accelerator, start_step, max_steps, args.batch_size, args.no_progress_bar)
-    data_iter = iter(loader)
-    final_val: Dict[str, float] = {}
-    step = start_step
-    while step < max_steps:
-        lr = common.apply_schedule(optimizer, args, step, max_steps)
-        gan_active = use_gan and step >= args.disc_start
-        if use_gan:
-            for group in disc_optimizer.param_groups:
-                group["lr"] = (args.disc_lr or common.peak_learning_rate(args)) * lr / common.peak_learning_rate(args)
+    def load_data(self):
+        d = self.data_args
+        # Stage 1 needs no labels: a folder of images without classes works.
+        self.train_data = load_image_dataset(d.dataset, d.train_split, d.image_column, d.label_column,
+                                             d.max_train_samples, require_labels=False)
+        if self.args.validate_every >= 0:
+            self.val_data = load_image_dataset(d.dataset, d.val_split, d.image_column, d.label_column,
+                                               d.max_val_samples, require_labels=False)
+        self.train_transform = ImageTransform(self.image_size, d.mid_ratio, random_crop=True, hflip=d.hflip)
+        self.val_transform = ImageTransform(self.image_size, d.mid_ratio, random_crop=False)
+
+    def build_models(self):
+        m, acc, config = self.model_args, self.accelerator, self.config
+        vqvae = MultiScaleVQVAE.from_pretrained(vqvae_folder(m.init_from)) if m.init_from else MultiScaleVQVAE(config)
+        if self.args.gradient_checkpointing:
+            enable_vqvae_checkpointing(vqvae)
+        vqvae.train()
+        self.lpips = None
+        if m.lpips_weight > 0:
+            self.lpips = LPIPS.from_files(m.lpips_weights or []).to(acc.device)
+        elif m.lpips_weights:
+            logger.warning("--lpips_weights given but --lpips_weight is 0: LPIPS is not used.", main_process_only=True)
+        optimizer = build_adamw(param_groups(vqvae, VQVAE_NO_DECAY_KEYS), self.args)
+        prepared = [vqvae, optimizer]
+        if self.use_gan:
+            disc = PatchDiscriminator(config.in_channels, m.disc_channels, m.disc_layers)
+            disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=m.disc_lr or self.args.peak_lr, betas=(0.5, 0.9),
+                                               weight_decay=0.0)
+            prepared += [disc, disc_optimizer]
+        prepared = acc.prepare(*prepared)
+        self.model, self.optimizer = prepared[:2]
+        self.disc, self.disc_optimizer = (prepared[2], prepared[3]) if self.use_gan else (None, None)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.last_layer = self.unwrapped.decoder.conv_out.weight
+        self.tracker = DeadCodeTracker(config.vocab_size)
+
+    def compatibility(self) -> Dict[str, Any]:
+        return {"vqvae_config": {k: v for k, v in self.config.to_dict().items() if k != "transformers_version"},
+                "gan": self.use_gan}
+
+    def run_config(self) -> Dict[str, Any]:
+        return {"vqvae_config": self.config.to_dict(), "image_size": self.image_size}
+
+    def describe(self) -> str:
+        return (f"VQVAE {sum(p.numel() for p in self.unwrapped.parameters()) / 1e6:.2f}M params, "
+                f"{len(self.train_data)} training images of {self.image_size}px")
+
+    def checkpoint_tensors(self):
+        return {DEAD_CODES_FILE: self.tracker.state_dict()}
+
+    def load_checkpoint_tensors(self, tensors):
+        if DEAD_CODES_FILE not in tensors:
+            raise ValueError(f"The checkpoint holds no {DEAD_CODES_FILE}.")
+        self.tracker.load_state_dict(tensors[DEAD_CODES_FILE])
+
+    def train_step(self, step: int, lr: float, batches, log_now: bool) -> StepOutput:
+        acc, m, args, config = self.accelerator, self.model_args, self.args, self.config
+        grad_accum, model, disc = args.gradient_accumulation_steps, self.model, self.disc
+        gan_active = self.use_gan and step >= m.disc_start
+        if self.use_gan:
+            for group in self.disc_optimizer.param_groups:
+                group["lr"] = (m.disc_lr or args.peak_lr) * lr / args.peak_lr
         stats: Dict[str, float] = {}
-        hits_V = torch.zeros(config.vocab_size, device=accelerator.device)
+        hits_V = torch.zeros(config.vocab_size, device=acc.device)
         pairs = []
-        for micro in range(args.grad_accum):
-            pixel_values, _ = next(data_iter)
-            pixel_values = pixel_values.to(accelerator.device)
-            sync = micro == args.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+        for micro in range(grad_accum):
+            pixel_values, _ = next(batches)
+            pixel_values = pixel_values.to(acc.device)
+            sync = micro == grad_accum - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
                 out = model(pixel_values)
                 rec = out.reconstruction.float()
                 rec_loss = pixel_values.new_zeros(())
-                if args.l1_weight:
-                    rec_loss = rec_loss + args.l1_weight * (rec - pixel_values).abs().mean()
-                if args.l2_weight:
-                    rec_loss = rec_loss + args.l2_weight * (rec - pixel_values).square().mean()
+                if m.l1_weight:
+                    rec_loss = rec_loss + m.l1_weight * (rec - pixel_values).abs().mean()
+                if m.l2_weight:
+                    rec_loss = rec_loss + m.l2_weight * (rec - pixel_values).square().mean()
                 nll = rec_loss
-                if lpips is not None:
-                    p_loss = lpips(rec, pixel_values).mean()
-                    nll = nll + args.lpips_weight * p_loss
+                if self.lpips is not None:
+                    p_loss = self.lpips(rec, pixel_values).mean()
+                    nll = nll + m.lpips_weight * p_loss
                     _add(stats, "lpips", p_loss)
-                loss = nll + args.vq_weight * out.vq_loss
+                loss = nll + m.vq_weight * out.vq_loss
                 if gan_active:
-                    g_loss = -accelerator.unwrap_model(disc)(rec).float().mean()
-                    if args.no_adaptive_disc_weight:
+                    g_loss = -acc.unwrap_model(disc)(rec).float().mean()
+                    if m.no_adaptive_disc_weight:
                         d_weight = torch.tensor(1.0, device=rec.device)
                     else:
-                        d_weight = adaptive_gan_weight(nll, g_loss, last_layer)
-                    loss = loss + args.disc_weight * d_weight * g_loss
+                        d_weight = adaptive_gan_weight(nll, g_loss, self.last_layer)
+                    loss = loss + m.disc_weight * d_weight * g_loss
                     _add(stats, "g_loss", g_loss)
                     _add(stats, "d_weight", d_weight)
-                accelerator.backward(loss / args.grad_accum)
+                acc.backward(loss / grad_accum)
             _add(stats, "loss", loss)
             _add(stats, "rec_loss", rec_loss)
             _add(stats, "vq_loss", out.vq_loss)
@@ -480,90 +285,72 @@ def run(args: argparse.Namespace) -> int:
                 pairs.append((pixel_values, rec.detach()))
         grad_norm = None
         if args.grad_clip > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            grad_norm = acc.clip_grad_norm_(model.parameters(), args.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
         if gan_active:
-            disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator's pass left on D
+            self.disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator's pass left on D
             for micro, (real, fake) in enumerate(pairs):
                 sync = micro == len(pairs) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(disc):
+                with contextlib.nullcontext() if sync else acc.no_sync(disc):
                     logits_real, logits_fake = disc(torch.cat((real, fake))).float().chunk(2)
                     d_loss = hinge_d_loss(logits_real, logits_fake)
-                    accelerator.backward(d_loss / len(pairs))
+                    acc.backward(d_loss / len(pairs))
                 _add(stats, "d_loss", d_loss)
                 _add(stats, "logits_real", logits_real.mean())
                 _add(stats, "logits_fake", logits_fake.mean())
-            disc_optimizer.step()
-            disc_optimizer.zero_grad(set_to_none=True)
+            self.disc_optimizer.step()
+            self.disc_optimizer.zero_grad(set_to_none=True)
 
-        if ema is not None:
-            ema.update(unwrapped)
-        hits_V = common.reduce_sum(accelerator, hits_V)
-        tracker.update(hits_V)
-        step += 1
+        if self.ema is not None:
+            self.ema.update(self.unwrapped)
+        hits_V = reduce_sum(acc, hits_V)
+        self.tracker.update(hits_V)
+        done = step + 1
         num_reset = 0
-        if args.dead_code_steps > 0 and step % args.dead_code_every == 0:
-            num_reset = reset_dead_codes(
-                accelerator, unwrapped, optimizer, ema, tracker.dead(args.dead_code_steps), pixel_values, args.seed, step
-            )
-            tracker.steps_unused[tracker.dead(args.dead_code_steps)] = 0
+        if m.dead_code_steps > 0 and done % m.dead_code_every == 0:
+            dead = self.tracker.dead(m.dead_code_steps)
+            num_reset = reset_dead_codes(acc, self.unwrapped, self.optimizer, self.ema, dead, pixel_values, args.seed,
+                                         done)
+            self.tracker.steps_unused[self.tracker.dead(m.dead_code_steps)] = 0
 
-        rate = progress.update(loss=stats["loss"] / args.grad_accum, lr=lr)
-        if common.should(step, args.log_every, max_steps):
-            metrics = {f"train/{k}": v / (len(pairs) if k in ("d_loss", "logits_real", "logits_fake") else
-                                          args.grad_accum) for k, v in stats.items()}
-            metrics = common.reduce_mean(accelerator, metrics)
+        result = StepOutput(loss=stats["loss"] / grad_accum)
+        if log_now:
+            result.metrics = {f"train/{k}": v / (len(pairs) if k in ("d_loss", "logits_real", "logits_fake") else
+                                                 grad_accum) for k, v in stats.items()}
             usage = out.codebook_usage.tolist()
-            metrics.update({f"usage/{pn}x{pn}": u for pn, u in zip(config.patch_nums, usage)})
-            metrics["usage/step_any_scale"] = (hits_V > 0).float().mean().item() * 100
-            metrics.update({"lr": lr, "samples_per_s": rate, "dead_codes_reset": num_reset})
+            result.extras = {f"usage/{pn}x{pn}": u for pn, u in zip(config.patch_nums, usage)}
+            result.extras["usage/step_any_scale"] = (hits_V > 0).float().mean().item() * 100
+            result.extras["dead_codes_reset"] = num_reset
             if grad_norm is not None:
-                metrics["grad_norm"] = float(grad_norm)
-            accelerator.log(metrics, step=step)
-        if val_loader is not None and (common.should(step, args.validate_every, max_steps) if args.validate_every > 0
-                                       else step == max_steps):
-            final_val = {f"val/{k}": v for k, v in validate(accelerator, model, val_loader, config.vocab_size).items()}
-            if ema is not None:
-                with common.ema_weights(unwrapped, ema):
-                    ema_val = validate(accelerator, model, val_loader, config.vocab_size)
-                final_val.update({f"val_ema/{k}": v for k, v in ema_val.items()})
-            accelerator.log(final_val, step=step)
-            logger.info(
-                f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in final_val.items()), main_process_only=True
-            )
-        if common.should(step, args.save_every, max_steps):
-            ckpt.save(step)
-    progress.close()
+                result.extras["grad_norm"] = float(grad_norm)
+        return result
 
-    # Export
-    use_ema = common.use_ema_for_export(args, ema, final_val, key="psnr", higher_is_better=True)
-    exported = common.exported_copy(accelerator, model, ema if use_ema else None)
-    if accelerator.is_main_process:
-        folder = os.path.join(args.output_dir, "vqvae")
+    def validate(self, loader) -> Dict[str, float]:
+        return validate(self.accelerator, self.model, loader, self.config.vocab_size)
+
+    def export(self, exported, summary: Dict[str, Any], final_val: Dict[str, float]) -> Dict[str, Any]:
+        folder = os.path.join(self.args.output_dir, "vqvae")
         exported.save_pretrained(folder)
-        summary = {"step": max_steps, "exported_weights": "ema" if use_ema else "raw", **final_val}
-        common.write_run_config(args.output_dir, {**run_config, "final": summary})
         logger.info(f"Saved the VQVAE ({summary['exported_weights']} weights) to {folder}.")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return 0
+        return {}
 
 
 def _add(stats: Dict[str, float], key: str, value):
     stats[key] = stats.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="train_vqvae", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+def train_vqvae(model_args: VQVAEModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> int:
+    """Train stage 1 with already validated arguments (see `var_hf.commands.train_vqvae` for the command line)."""
+    return train(VQVAEStage(model_args, data_args, training_args))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["DeadCodeTracker", "VQVAEStage", "build_config", "enable_vqvae_checkpointing", "train_vqvae"]
 
 
-__all__ = ["LPIPS", "PatchDiscriminator", "add_arguments", "main", "run"]
+if __name__ == "__main__":  # `accelerate launch path/to/train_vqvae.py` and `python -m var_hf.training.train_vqvae`
+    from var_hf.commands import run_command
+    from var_hf.commands.train_vqvae import main
+
+    sys.exit(run_command("train_vqvae", lambda argv: main(argv, prog="train_vqvae"), sys.argv[1:]))
