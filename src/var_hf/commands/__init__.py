@@ -45,6 +45,7 @@ class CLIArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--guidance` is not `--guidance-scale`: docs and scripts spell flags out
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):

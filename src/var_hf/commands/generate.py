@@ -34,13 +34,14 @@ def build_parser(prog: str = "var-hf generate") -> CLIArgumentParser:
                              "reference's label_B=None (instead of --label)")
     parser.add_argument("--num-images-per-label", type=int, default=1, help="images per label (one grid row)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator")
-    sampling = parser.add_argument_group("sampling (default: the pipeline's own defaults)")
+    sampling = parser.add_argument_group("sampling (default: the pipeline's sampling_defaults, stored in its model_index.json)")
     sampling.add_argument("--guidance-scale", type=float, default=None,
                           help="classifier-free guidance, the reference's cfg (0 disables)")
     sampling.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 disables")
     sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling, 0 disables")
     sampling.add_argument("--temperature", type=float, default=None, help="softmax temperature")
-    sampling.add_argument("--more-smooth", action="store_true", help="the reference's Gumbel-softmax smoothing")
+    sampling.add_argument("--more-smooth", action="store_true", default=None,
+                          help="the reference's Gumbel-softmax smoothing")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -166,8 +167,10 @@ def run(args) -> int:
     if args.channels_last:
         pipe.vqvae.to(memory_format=torch.channels_last)
     # Only the settings given on the command line; the others are the pipeline's defaults.
-    settings = {k: getattr(args, k) for k in ("guidance_scale", "top_k", "top_p", "temperature")
+    settings = {k: getattr(args, k) for k in ("guidance_scale", "top_k", "top_p", "temperature", "more_smooth")
                 if getattr(args, k) is not None}
+    if args.fast_path != "auto":
+        settings["fast_path"] = args.fast_path == "on"
     loaded = time.perf_counter()
 
     recorder_cls = None
@@ -185,8 +188,7 @@ def run(args) -> int:
             extra = dict(callback_on_step_end=recorder, callback_on_step_end_tensor_inputs=recorder.tensor_inputs)
         try:
             out = pipe(
-                class_labels=[None if i == null_class else i for i in chunk], more_smooth=args.more_smooth,
-                generator=generator, output_type="pil", fast_path={"auto": None, "on": True, "off": False}[args.fast_path],
+                class_labels=[None if i == null_class else i for i in chunk], generator=generator, output_type="pil",
                 **settings, **extra,
             )
         except ValueError as err:  # the pipeline checks its arguments before sampling
