@@ -148,6 +148,50 @@ def test_callback_gets_coarse_to_fine_estimates(pipe):
     assert (seen[0][1] - seen[-1][1]).abs().max() > 1e-4
 
 
+def test_an_f_hat_returned_at_scale_k_is_the_input_of_scale_k_plus_1(pipe):
+    """A callback that replaces f_hat after scale k changes what scale k+1 sees: its input is the area-downsampled new
+    f_hat, so its tokens follow (diffusers' `callback_on_step_end` returning `latents`)."""
+    inputs = []
+    original = pipe.transformer.forward_scale
+    pipe.transformer.forward_scale = lambda x, *a, **k: inputs.append(x.clone()) or original(x, *a, **k)
+    replaced = {}
+
+    def replace_f_hat(p, step_index, timestep, callback_kwargs):
+        if step_index != 0:
+            return {}
+        replaced["f_hat"] = torch.randn(callback_kwargs["f_hat"].shape, generator=gen(99)) * 3
+        return {"f_hat": replaced["f_hat"].clone()}  # the pipeline adds the next scales to it in place
+
+    kwargs = dict(class_labels=[0, 3], guidance_scale=0.0, top_k=1, output_type="latent")
+    try:
+        plain = pipe(generator=gen(0), **kwargs)
+        inputs.clear()
+        edited = pipe(generator=gen(0), callback_on_step_end=replace_f_hat, callback_on_step_end_tensor_inputs=["f_hat"],
+                      **kwargs)
+    finally:
+        del pipe.transformer.forward_scale
+    area = torch.nn.functional.interpolate(replaced["f_hat"], size=(PATCH_NUMS[1],) * 2, mode="area")
+    expected_x = pipe.transformer.embed_next_scale(1, area.flatten(2).transpose(1, 2)).repeat(2, 1, 1)
+    torch.testing.assert_close(inputs[1], expected_x, rtol=0, atol=0)
+    assert torch.equal(plain.token_maps[0], edited.token_maps[0])
+    assert not torch.equal(plain.token_maps[1], edited.token_maps[1])  # the old order left scale 1 unchanged
+
+
+@pytest.mark.parametrize("bad_f_hat, message", [
+    (lambda f: f[:1], "shape"),
+    (lambda f: f.double(), "float64"),
+    (lambda f: f.clone().fill_(float("nan")), "NaN"),
+    (lambda f: f.numpy(), "ndarray"),
+])
+def test_a_callback_returning_a_bad_f_hat_is_named(pipe, bad_f_hat, message):
+    def callback(p, step_index, timestep, callback_kwargs):
+        return {"f_hat": bad_f_hat(callback_kwargs["f_hat"])}
+
+    with pytest.raises(ValueError, match=f"callback_on_step_end.*f_hat(.|\n)*{message}"):
+        pipe(class_labels=[0, 1], generator=gen(0), callback_on_step_end=callback,
+             callback_on_step_end_tensor_inputs=["f_hat"])
+
+
 def test_save_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
