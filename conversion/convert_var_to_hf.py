@@ -470,7 +470,9 @@ def check_output_dir(output_dir: str, overwrite: bool = False, inputs: Sequence[
         raise ConversionError(f"cannot create {output_dir}: {parent} is a file, not a folder.")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         if not overwrite:
-            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace a previous conversion.")
+            raise ConversionError(
+                f"{output_dir} exists and is not empty; pass --overwrite to replace a previous conversion."
+            )
         foreign = _foreign_entries(output_dir)
         if foreign:
             raise ConversionError(

@@ -183,7 +183,8 @@ def test_trainer_checkpoint_without_the_tokenizer(case, capsys):
 @pytest.mark.parametrize("where", ["inputs_folder", "parent_of_inputs"])
 def test_output_folder_holding_the_inputs_is_refused(case, capsys, where, overwrite):
     out_dir = case["vae"].parent if where == "inputs_folder" else case["tmp"]
-    argv = ["--vae", case["vae"], "--var", case["var"], "--output-dir", out_dir] + (["--overwrite"] if overwrite else [])
+    argv = ["--vae", case["vae"], "--var", case["var"], "--output-dir", out_dir]
+    argv += ["--overwrite"] if overwrite else []
     expect_error(capsys, case, argv, 1, "holds the input")
 
 

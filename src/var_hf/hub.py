@@ -132,7 +132,9 @@ def read_metrics_report(metrics_report: Union[str, Dict[str, Any]]) -> Dict[str,
             with open(path, encoding="utf-8") as f:
                 report = json.load(f)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"metrics file {path}: not valid JSON ({err}); pass the metrics.json of var-hf evaluate.") from None
+            raise ValueError(
+                f"metrics file {path}: not valid JSON ({err}); pass the metrics.json of var-hf evaluate."
+            ) from None
     if not isinstance(report, dict) or not isinstance(report.get("metrics", {}), dict):
         raise ValueError("metrics: expected the JSON object of var-hf evaluate, with a 'metrics' object inside.")
     return report
@@ -323,7 +325,7 @@ def write_model_card(
         grid_line = (
             f"![Samples, one per class]({SAMPLE_GRID_FILENAME})\n\n"
             f"*Classes {names}; seeds {grid_seed}..{grid_seed + len(grid_classes) - 1}, pipeline defaults "
-            f"(guidance_scale=4.0, top_k=900, top_p=0.95).*\n\n"
+            f"({_format_settings(pipe)}).*\n\n"
         )
 
     body = _card_body(
@@ -359,7 +361,7 @@ def _card_body(name, repo_ref, pipe, example_class, id2label, grid_line, report,
         "from var_hf import VARPipeline",
         "",
         f'pipe = VARPipeline.from_pretrained("{repo_ref}")',
-        f"image = pipe(class_labels=[{example_class}], guidance_scale=4.0, top_k=900, top_p=0.95).images[0]",
+        f"image = pipe(class_labels=[{example_class}]).images[0]  # sampling settings: the model's defaults below",
         'image.save("sample.png")',
         "```",
         "",
@@ -376,6 +378,7 @@ def _card_body(name, repo_ref, pipe, example_class, id2label, grid_line, report,
         f"{_format_count(num_params)} parameters |",
         f"| Token maps (patch_nums) | {', '.join(str(p) for p in config.patch_nums)} |",
         f"| Codebook | {vq_config.vocab_size} codes of dimension {vq_config.vq_embed_dim} |",
+        f"| Sampling defaults | {_format_settings(pipe)} |",
     ]
     if datasets:
         lines.append(f"| Training data | {', '.join(datasets)} |")
@@ -384,6 +387,12 @@ def _card_body(name, repo_ref, pipe, example_class, id2label, grid_line, report,
         lines += _metrics_section(report)
     lines += ["## Citation", "", "```bibtex", VAR_CITATION, "```", ""]
     return "\n".join(lines)
+
+
+def _format_settings(pipe) -> str:
+    """The pipeline's stored sampling defaults (`sampling_defaults`), as `name=value` pairs."""
+    defaults = getattr(pipe, "sampling_defaults", None) or dict(guidance_scale=4.0, top_k=900, top_p=0.95)
+    return ", ".join(f"{k}={v}" for k, v in defaults.items())
 
 
 def _format_count(n: int) -> str:
@@ -560,8 +569,8 @@ __all__ = [
     "eval_results_from_metrics",
     "make_sample_grid",
     "publishable_metrics",
-    "read_metrics_report",
     "push_pipeline",
+    "read_metrics_report",
     "snapshot_files",
     "write_model_card",
 ]

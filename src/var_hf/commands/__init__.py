@@ -45,7 +45,8 @@ class CLIArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        kwargs.setdefault("allow_abbrev", False)  # `--guidance` is not `--guidance-scale`: docs and scripts spell flags out
+        # No abbreviations: `--guidance` is not `--guidance-scale`, so docs and scripts spell every flag out.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):

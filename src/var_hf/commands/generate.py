@@ -34,7 +34,8 @@ def build_parser(prog: str = "var-hf generate") -> CLIArgumentParser:
                              "reference's label_B=None (instead of --label)")
     parser.add_argument("--num-images-per-label", type=int, default=1, help="images per label (one grid row)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator")
-    sampling = parser.add_argument_group("sampling (default: the pipeline's sampling_defaults, stored in its model_index.json)")
+    sampling = parser.add_argument_group(
+        "sampling (default: the pipeline's sampling_defaults, stored in its model_index.json)")
     sampling.add_argument("--guidance-scale", type=float, default=None,
                           help="classifier-free guidance, the reference's cfg (0 disables)")
     sampling.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 disables")

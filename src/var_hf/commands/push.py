@@ -47,7 +47,8 @@ def run(args) -> int:
     try:
         hub.check_repo_id(args.repo_id)
         hub.check_pipeline_folder(args.folder)
-        write_card = not args.no_card and (args.write_card or not os.path.isfile(os.path.join(args.folder, "README.md")))
+        has_card = os.path.isfile(os.path.join(args.folder, "README.md"))
+        write_card = not args.no_card and (args.write_card or not has_card)
         if write_card:
             card_inputs = hub.check_card_inputs(args.license, datasets=args.dataset)
             if args.metrics is not None:
