@@ -326,6 +326,15 @@ def test_push_refuses_bad_input_before_writing(bare_folder, tmp_path, capsys, mo
     assert _tree(bare_folder) == before, "nothing may be written before every input is valid"
 
 
+def test_card_flags_without_a_card_to_write_are_refused(card_folder, capsys):
+    before = _tree(card_folder)
+    for extra in (["--metrics", "m.json"], ["--no-card", "--dataset", "x/y"]):
+        assert push_main([card_folder, REPO_ID, *extra, "--endpoint", "http://127.0.0.1:9"]) == 2
+        err = capsys.readouterr().err
+        assert "--write-card" in err and err.count("\n") == 1
+    assert _tree(card_folder) == before
+
+
 def test_push_pipeline_checks_the_repo_id_before_writing_a_card(bare_folder):
     before = _tree(bare_folder)
     with pytest.raises(ValueError, match="not a valid Hub repo id"):

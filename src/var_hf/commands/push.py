@@ -49,6 +49,17 @@ def run(args) -> int:
         hub.check_pipeline_folder(args.folder)
         has_card = os.path.isfile(os.path.join(args.folder, "README.md"))
         write_card = not args.no_card and (args.write_card or not has_card)
+        card_flags = [flag for flag, given in (
+            ("--metrics", args.metrics is not None), ("--license", args.license != "mit"),
+            ("--base-model", args.base_model is not None), ("--dataset", args.dataset is not None),
+            ("--eval-dataset-type", args.eval_dataset_type is not None), ("--no-sample-grid", args.no_sample_grid),
+        ) if given]
+        if card_flags and not write_card:
+            reason = "--no-card is given" if args.no_card else f"{args.folder} already has a README.md"
+            raise UsageError(
+                f"{', '.join(card_flags)} only apply when a card is written, and {reason}; pass --write-card to "
+                f"rewrite the card, or leave them out."
+            )
         if write_card:
             card_inputs = hub.check_card_inputs(args.license, datasets=args.dataset)
             if args.metrics is not None:
