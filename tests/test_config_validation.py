@@ -84,3 +84,19 @@ def test_json_lists_are_accepted_where_tuples_are():
     config = make_var_config(patch_nums=[1, 2, 4])
     assert config.patch_nums == [1, 2, 4] and config.seq_len == 21
     assert make_vqvae_config(channel_multipliers=[1, 2]).channel_multipliers == [1, 2]
+
+
+def test_a_saved_config_without_a_field_warns_and_names_it(tmp_path):
+    from transformers.testing_utils import CaptureLogger
+
+    from var_hf import configuration_utils
+
+    make_var_config().save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    assert set(VARTransformerConfig.field_names()) <= set(config), "save_pretrained writes every field"
+    del config["mlp_ratio"]
+    path.write_text(json.dumps(config))
+    with CaptureLogger(configuration_utils.logger) as captured:
+        loaded = VARTransformerConfig.from_pretrained(tmp_path)
+    assert "does not set mlp_ratio: using the default 4.0" in captured.out and loaded.mlp_ratio == 4.0

@@ -6,6 +6,7 @@ model's type or a wrongly typed field fails at load time with a message naming t
 deep inside a layer constructor or, worse, loading a model that is silently not the one on disk.
 """
 
+import inspect
 import math
 import numbers
 import os
@@ -123,7 +124,20 @@ class VARHFConfig(PretrainedConfig):
                 f"{where} holds a configuration of model_type {found!r}, not {cls.model_type!r} "
                 f"({cls.__name__}).{hint}"
             )
+        absent = [name for name in cls.field_names() if name not in config_dict]
+        if absent:
+            # Not an error: a field added in a later version must not make older folders unloadable.
+            logger.warning(
+                f"{os.path.join(where, 'config.json')} does not set {', '.join(absent)}: using the default "
+                f"{', '.join(repr(inspect.signature(cls.__init__).parameters[n].default) for n in absent)}."
+            )
         return config_dict, unused
+
+    @classmethod
+    def field_names(cls) -> List[str]:
+        """The model-specific fields: the keyword arguments of `__init__`."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in parameters if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
