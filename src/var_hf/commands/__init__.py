@@ -108,8 +108,9 @@ def run_command(prog: str, main_fn: Callable[[List[str]], Optional[int]], argv: 
         if debug:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-        if not isinstance(err, (UsageError, ValueError, OSError, RuntimeError)):
-            message = f"{type(err).__name__}: {message}"
+        ours = type(err).__module__.startswith("var_hf")  # CheckpointError, HubPushError, ConversionError ...
+        if not ours and not isinstance(err, (ValueError, OSError, RuntimeError)):
+            message = f"{type(err).__name__}: {message}"  # a raw library error: its type helps
         hint = "" if isinstance(err, UsageError) else f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 2 if isinstance(err, UsageError) else 1

@@ -142,8 +142,8 @@ def run(args) -> int:
         raise UsageError("--random-labels needs a count >= 1 and replaces --label; pass one or the other.")
     previous_run = check_output_folder(args.out, args.overwrite)
     model = resolve_model(args.model)
-    configure_logging(args.verbose)
     started = time.perf_counter()
+    configure_logging(args.verbose)
 
     import torch
     from diffusers.utils import make_image_grid
@@ -151,6 +151,7 @@ def run(args) -> int:
     from var_hf.file_utils import default_device, save_image_atomically
     from var_hf.pipelines import VARPipeline
 
+    imported = time.perf_counter()
     device = default_device(args.device)
     pipe = VARPipeline.from_pretrained(model)
     null_class = pipe.transformer.config.null_class
@@ -214,7 +215,7 @@ def run(args) -> int:
     strip_note = f", {len(strips)} scale strips" if strips else ""
     print(
         f"wrote {len(paths)} images{strip_note} and {grid_path} ({len(ids)} rows x {args.num_images_per_label}); "
-        f"load {loaded - started:.1f} s, sampling {sampled - loaded:.1f} s"
+        f"imports {imported - started:.1f} s, loading {loaded - imported:.1f} s, sampling {sampled - loaded:.1f} s"
     )
     return 0
 
