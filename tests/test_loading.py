@@ -166,3 +166,13 @@ def test_a_weight_file_with_a_renamed_key_is_refused(saved, tmp_path):
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(WeightsMismatchError, match=r"quantizer\.codebook\.weight\b.*quantizer\.codebook\.weight_old"):
         MultiScaleVQVAE.from_pretrained(folder)
+
+
+def test_the_refusal_comes_before_random_initialisation_and_the_load_table(saved, tmp_path):
+    from transformers import modeling_utils as hf_modeling_utils
+    from transformers.testing_utils import CaptureLogger
+
+    folder = _mix(tmp_path, saved["d3"], saved["d2"])
+    with CaptureLogger(hf_modeling_utils.logger) as captured, pytest.raises(WeightsMismatchError):
+        VARTransformer.from_pretrained(folder)
+    assert "LOAD REPORT" not in captured.out

@@ -6,7 +6,7 @@ missing at random, dropping what is unexpected and logging a table; a folder who
 depth-2 weights would load as a model with one random block. [`VARHFPreTrainedModel`] refuses instead: any missing,
 unexpected or (unless `ignore_mismatched_sizes=True` is passed explicitly) mismatched key is an error that names the
 keys and the likely cause. The check runs in transformers' load-time hook `_finalize_model_loading`, before anything
-is initialised, and again on `from_pretrained`'s loading report for transformers versions without that hook. An
+is initialised (or, for a transformers without that hook, on the loading report `from_pretrained` returns). An
 unreadable weight file (truncated, not safetensors) is an error that names the file. The configuration side (no
 config.json, another model's config.json, wrongly typed fields) is checked by `configuration_utils.VARHFConfig`.
 
@@ -129,8 +129,7 @@ def unreadable_weights_error(source, subfolder: Optional[str], error: Exception)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-# Selective activation checkpointing: a block keeps the outputs of its matrix products and attention (expensive to
-# recompute) and recomputes the pointwise work around them (LayerNorm, AdaLN modulation, casts, GELU, gates), which
+# A block keeps the outputs of its matrix products and attention (expensive to recompute) and recomputes the pointwise work around them (LayerNorm, AdaLN modulation, casts, GELU, gates), which
 # holds most of a block's saved bytes and costs little to redo.
 _aten = torch.ops.aten
 SELECTIVE_CHECKPOINT_SAVED_OPS = frozenset(
@@ -195,9 +194,10 @@ class VARHFPreTrainedModel(PreTrainedModel):
             if type(error).__name__ == "SafetensorError":
                 raise unreadable_weights_error(pretrained_model_name_or_path, kwargs.get("subfolder"), error) from error
             raise
-        check_loading_info(
-            model, pretrained_model_name_or_path, loading_info, kwargs.get("ignore_mismatched_sizes", False)
-        )
+        if not hasattr(PreTrainedModel, "_finalize_model_loading"):  # transformers without the load-time hook
+            check_loading_info(
+                model, pretrained_model_name_or_path, loading_info, kwargs.get("ignore_mismatched_sizes", False)
+            )
         return (model, loading_info) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving
