@@ -155,7 +155,9 @@ def load_reference_checkpoint(path: str, role: Optional[str] = None) -> Dict[str
         detail = next((line for line in lines if "global" in line.lower()), lines[0] if lines else "")
         raise ConversionError(
             f"{path}: refused to unpickle it: it holds objects other than tensors (a pickle that could run code). "
-            f"Only plain state dicts are accepted ({detail})."
+            f"Only plain state dicts are accepted ({detail}). For a training checkpoint that also pickles other "
+            f"objects, save its state dicts alone where the file is trusted (e.g. torch.save(ckpt['trainer']"
+            f"['var_wo_ddp'], 'var.pth')) and convert those."
         ) from None
     except Exception as err:  # noqa: BLE001 - zipfile/torch raise many types for a damaged archive
         raise ConversionError(
