@@ -18,7 +18,13 @@ def add_arguments(parser):
     parser.add_argument("--split", default="train", help="training split")
     parser.add_argument("--image-column", default="image", help="image column of a datasets source")
     parser.add_argument("--label-column", default="label", help="label column of a datasets source")
-    parser.add_argument("--image-size", type=int, default=None, help="input side (default: the images')")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="first bring the training images to this side, as var-hf evaluate brings references "
+                             "(use the generator's image size, 32 for the default model)")
+    parser.add_argument("--preprocessing", choices=("adm", "full-frame"), default=None,
+                        help="how --resolution is reached; default: full-frame for fashion-mnist, adm otherwise")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the network's input side (default: the training images' side)")
     parser.add_argument("--num-epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
@@ -42,8 +48,9 @@ def run(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if not args.learning_rate > 0 or args.learning_rate == float("inf"):
         raise UsageError(f"--learning-rate must be a positive finite number, got {args.learning_rate}.")
-    if args.image_size is not None and args.image_size < 1:
-        raise UsageError(f"--image-size must be >= 1, got {args.image_size}.")
+    for name in ("image_size", "resolution"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if os.path.isfile(args.output_dir):
         raise UsageError(f"--output-dir {args.output_dir} is a file; pass a folder.")
     if os.path.isfile(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
@@ -54,8 +61,18 @@ def run(args) -> int:
     from var_hf.training.train_domain_classifier import train_domain_classifier
 
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column)
+    id2label = None
+    if args.resolution is not None:  # the images the evaluator will show it: prepared as references are
+        import numpy as np
+
+        from var_hf.evaluation.images import prepare_images
+        from var_hf.evaluation.references import default_preprocessing
+
+        preprocessing = args.preprocessing or default_preprocessing(args.dataset)
+        id2label = dict(enumerate(dataset.features["label"].names))
+        dataset = (prepare_images(dataset["image"], args.resolution, preprocessing), np.asarray(dataset["label"]))
     train_domain_classifier(
-        dataset, args.output_dir, image_size=args.image_size, num_epochs=args.num_epochs, batch_size=args.batch_size,
+        dataset, args.output_dir, id2label=id2label, image_size=args.image_size, num_epochs=args.num_epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, device=args.device, progress=not args.quiet,
     )
     print(f"domain classifier saved to {args.output_dir}")

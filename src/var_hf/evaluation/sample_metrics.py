@@ -14,7 +14,7 @@ Which feature space each metric uses:
 
 import json
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.nn as nn
@@ -35,15 +35,20 @@ logger = logging.get_logger(__name__)
 CACHE_VERSION = 2
 
 
-def per_class_accuracy(logits, class_labels, id2label: Optional[Dict[int, str]] = None) -> Dict[str, float]:
-    """Class accuracy of each requested class: `{class name (or id): accuracy}`, in class order."""
+def per_class_accuracy(logits, class_labels, id2label: Optional[Dict[int, str]] = None) -> List[Dict[str, Any]]:
+    """Class accuracy of each requested class, in class order: `[{"class": id, "name": name, "accuracy": a,
+    "num_samples": n}, ...]` (a list, so the order survives JSON's sorted keys)."""
     logits_NK = np.asarray(logits)
     labels_N = np.asarray(class_labels).reshape(-1)
-    out = {}
+    out = []
     for c in sorted(set(labels_N.tolist())):
         mask = labels_N == c
-        name = str(id2label.get(int(c), c)) if id2label else str(c)
-        out[name] = metrics.class_accuracy(logits_NK[mask], labels_N[mask])
+        out.append({
+            "class": int(c),
+            "name": str(id2label.get(int(c), c)) if id2label else str(c),
+            "accuracy": metrics.class_accuracy(logits_NK[mask], labels_N[mask]),
+            "num_samples": int(mask.sum()),
+        })
     return out
 
 

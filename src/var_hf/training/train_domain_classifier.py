@@ -4,7 +4,7 @@ A plain PyTorch loop (AdamW, one-cycle learning rate, seeded shuffling): the net
 and trains in minutes on a CPU, so it needs none of the VAR training harness (no checkpoints, no Accelerate).
 """
 
-from typing import Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ def train_domain_classifier(
     seed: int = 0,
     device: Union[str, torch.device, None] = None,
     progress: bool = False,
+    id2label: Optional[Dict[int, str]] = None,
 ) -> DomainClassifier:
     r"""
     Train a [`DomainClassifier`] on a dataset's real training split and, with `output_dir`, save it there
@@ -59,6 +60,8 @@ def train_domain_classifier(
             Defaults to CUDA when available.
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar over the training steps.
+        id2label (`Dict[int, str]`, *optional*):
+            Class names, for an `(images, labels)` pair (a `datasets.Dataset` brings its own).
 
     Returns:
         [`DomainClassifier`] in eval mode.
@@ -70,7 +73,8 @@ def train_domain_classifier(
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}.")
-    images_NHWC, labels_N, id2label = _training_arrays(dataset, image_column, label_column, images_to_array, find_column)
+    images_NHWC, labels_N, names = _training_arrays(dataset, image_column, label_column, images_to_array, find_column)
+    id2label = names or id2label
     if num_channels is None:
         gray = (images_NHWC[..., :1] == images_NHWC).all()
         num_channels = 1 if gray else 3
