@@ -40,11 +40,20 @@ def normalize_option_spelling(argv: Sequence[str]) -> List[str]:
     return out
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` only for defaults that say something (not None, False or an empty list)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class CLIArgumentParser(argparse.ArgumentParser):
     """An `argparse.ArgumentParser` that accepts `--x_y` for every `--x-y` option, and whose errors are one line."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         # No abbreviations: `--guidance` is not `--guidance-scale`, so docs and scripts spell every flag out.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
@@ -121,6 +130,7 @@ def run_command(prog: str, main_fn: Callable[[List[str]], Optional[int]], argv: 
 __all__ = [
     "CLIArgumentParser",
     "DEBUG_ENV",
+    "HelpFormatter",
     "UsageError",
     "add_common_arguments",
     "configure_logging",

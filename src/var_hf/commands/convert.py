@@ -23,7 +23,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser(prog: str = "var-hf-convert") -> CLIArgumentParser:
-    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
     parser.add_argument("--vae", required=True,
                         help="official tokenizer checkpoint, e.g. vae_ch160v4096z32.pth (or a trainer ar-ckpt-*.pth)")
     parser.add_argument("--var", default=None,

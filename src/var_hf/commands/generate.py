@@ -22,7 +22,7 @@ PIPELINE_SUBFOLDER = "pipeline"  # where `var-hf train-var` exports the pipeline
 
 
 def build_parser(prog: str = "var-hf generate") -> CLIArgumentParser:
-    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
     parser.add_argument("--model", default=None,
                         help="pipeline folder, training output folder (its pipeline/ is used) or Hub repo id; "
                              "default: the bundled Fashion-MNIST model")

@@ -15,7 +15,7 @@ from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments,
 
 
 def build_parser(prog: str = "var-hf push") -> CLIArgumentParser:
-    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
     parser.add_argument("folder", help="a saved pipeline folder (save_pretrained / var-hf-convert output)")
     parser.add_argument("repo_id", help="Hub repo, e.g. your-name/var-d16")
     parser.add_argument("--token", default=None, help="write token (default: the logged-in one or HF_TOKEN)")
