@@ -16,8 +16,6 @@ This file imports the package absolutely, so diffusers can also load it as a cus
 (`DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_var.py", trust_remote_code=True)`).
 """
 
-import json
-import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -32,18 +30,14 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging
 
 from var_hf.fast_sampling import StaticScaleRunners, fast_decoding, is_channels_last, sort_free_filter_matches_reference
-from var_hf.file_utils import write_text_atomically
-from var_hf.labels import LabelMap, imagenet_id2label, is_default_id2label
+from var_hf.labels import LabelMap, default_id2label, random_class_ids
 from var_hf.modeling_var import VARTransformer
 from var_hf.modeling_vqvae import MultiScaleVQVAE
 from var_hf.pipeline_inputs import (
-    OUTPUT_TYPES, SamplingSettings, check_bool, check_generator, check_int, check_returned_f_hat, normalize_images,
-    regenerate_mask,
+    SamplingSettings, check_call_options, check_generator, check_int, check_returned_f_hat, encode_edit_inputs,
+    keep_mask_at_scale,
 )
-from var_hf.pipeline_loading import (
-    GENERIC_LOADER_MODULE, GENERIC_LOADER_SOURCE, check_model_index, generic_class_name, read_generic_class_name,
-    resolve_local_folder,
-)
+from var_hf.pipeline_loading import VARPipelineLoadingMixin, check_components
 from var_hf.sampling_batching import (
     DECODE_BATCH_SIZE, BatchSample, check_call_fits_memory, rows_at_once, sample_in_batches,
 )
@@ -65,7 +59,7 @@ class VARPipelineOutput(BaseOutput):
     token_maps: List[torch.LongTensor]
 
 
-class VARPipeline(DiffusionPipeline):
+class VARPipeline(VARPipelineLoadingMixin, DiffusionPipeline):
     r"""
     Class-conditional generation with VAR (Visual AutoRegressive modeling), plus zero-shot inpainting, outpainting and
     class-conditional editing.
@@ -74,11 +68,9 @@ class VARPipeline(DiffusionPipeline):
         vqvae ([`MultiScaleVQVAE`]): tokenizer/decoder.
         transformer ([`VARTransformer`]): next-scale predictor.
         scheduler ([`VARScaleScheduler`]): patch schedule, guidance schedule and token sampling.
-        id2label (`Dict[int, str]`, *optional*): class names, saved in `model_index.json`. Defaults to the
-            transformer config's names, or ImageNet's for a 1000-class model.
-        sampling_defaults (`Dict[str, Any]`, *optional*): the model's recommended [`SamplingSettings`] (keys
-            `guidance_scale`, `top_k`, `top_p`, `temperature`, `more_smooth`), saved in `model_index.json` and used
-            by `__call__` for every setting the caller leaves out. Defaults to the reference's (4.0, 900, 0.95, 1.0).
+        id2label (`Dict[int, str]`, *optional*): class names (default: the transformer config's, or ImageNet's).
+        sampling_defaults (`Dict[str, Any]`, *optional*): the model's recommended [`SamplingSettings`], used for
+            every setting a call leaves out; defaults to the reference's. Both are saved in `model_index.json`.
 
     Example:
 
@@ -99,9 +91,9 @@ class VARPipeline(DiffusionPipeline):
     def __init__(self, vqvae: MultiScaleVQVAE, transformer: VARTransformer, scheduler: VARScaleScheduler,
                  id2label: Optional[dict] = None, sampling_defaults: Optional[dict] = None):
         super().__init__()
-        self._check_components(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
+        check_components(dict(vqvae=vqvae, transformer=transformer, scheduler=scheduler), self._component_classes)
         self.register_modules(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
-        id2label = {int(k): str(v) for k, v in (id2label or self._default_id2label()).items()}
+        id2label = {int(k): str(v) for k, v in (id2label or default_id2label(transformer.config)).items()}
         defaults = SamplingSettings.from_dict(sampling_defaults or {})
         self.register_to_config(id2label={str(k): v for k, v in id2label.items()}, sampling_defaults=defaults.to_dict())
         self.label_map = LabelMap(id2label, transformer.config.num_classes)
@@ -113,55 +105,7 @@ class VARPipeline(DiffusionPipeline):
         # Images decoded per decoder call (None: a whole batch at once, as the reference does).
         self.decode_batch_size: Optional[int] = DECODE_BATCH_SIZE
 
-    # ------------------------------------------------------------------ loading and saving
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
-        """Load from a local folder or a Hub repo id (see `var_hf.pipeline_loading`). Needs no `trust_remote_code`:
-        the folder's `pipeline.py` (for diffusers' generic loader) is not run. Components not var_hf's are refused."""
-        path = resolve_local_folder(pretrained_model_name_or_path, kwargs)
-        check_model_index(path, cls._component_classes)
-        return super().from_pretrained(path, **kwargs)
-
-    @classmethod
-    def load_config(cls, *args, **kwargs):
-        """diffusers' `load_config`; `_class_name: ["pipeline", "VARPipeline"]` reads as this class."""
-        loaded = super().load_config(*args, **kwargs)
-        read_generic_class_name(loaded[0] if isinstance(loaded, tuple) else loaded, VARPipeline.__name__)
-        return loaded
-
-    def _check_components(self, vqvae, transformer, scheduler):
-        for name, component in (("vqvae", vqvae), ("transformer", transformer), ("scheduler", scheduler)):
-            if not isinstance(component, self._component_classes[name]):
-                raise ValueError(f"{name} must be a {self._component_classes[name].__name__}, got {type(component).__name__}.")
-        vq, tr, sch = vqvae.config, transformer.config, scheduler.config
-        if list(vq.patch_nums) != list(tr.patch_nums) or list(sch.patch_nums) != list(tr.patch_nums):
-            raise ValueError(
-                f"patch_nums differ between components: vqvae {list(vq.patch_nums)}, transformer {list(tr.patch_nums)}, "
-                f"scheduler {list(sch.patch_nums)}; they must be equal."
-            )
-        if vq.vocab_size != tr.vocab_size or vq.vq_embed_dim != tr.vq_embed_dim:
-            raise ValueError(f"The transformer (vocab {tr.vocab_size}, code dim {tr.vq_embed_dim}) does not fit the "
-                             f"VQVAE (vocab {vq.vocab_size}, code dim {vq.vq_embed_dim}).")
-
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
-        """diffusers' `save_pretrained`, plus `pipeline.py` for diffusers' generic loader."""
-        os.makedirs(save_directory, exist_ok=True)
-        if type(self) is VARPipeline:
-            write_text_atomically(os.path.join(save_directory, f"{GENERIC_LOADER_MODULE}.py"), GENERIC_LOADER_SOURCE)
-        super().save_pretrained(save_directory, **kwargs)
-
-    def to_json_string(self) -> str:
-        config = json.loads(super().to_json_string())
-        if type(self) is VARPipeline:
-            config["_class_name"] = generic_class_name(VARPipeline.__name__)
-        return json.dumps(config, indent=2, sort_keys=True) + "\n"
-
-    def _default_id2label(self) -> Dict[int, str]:
-        config = self.transformer.config
-        if not is_default_id2label(config.id2label) and len(config.id2label) == config.num_classes:
-            return dict(config.id2label)
-        return imagenet_id2label() if config.num_classes == 1000 else {i: str(i) for i in range(config.num_classes)}
+    # ------------------------------------------------------------------ devices (loading, saving: the mixin)
 
     def enable_model_cpu_offload(self, *args, **kwargs):
         """Not supported: offload hooks move a model when its `forward` runs, but sampling calls the models'
@@ -172,9 +116,7 @@ class VARPipeline(DiffusionPipeline):
             "torch.bfloat16); d36, the largest model, holds 2.35B parameters, 4.7 GB in bf16) or lower max_batch_size."
         )
 
-    def enable_sequential_cpu_offload(self, *args, **kwargs):
-        """Not supported; see [`enable_model_cpu_offload`]."""
-        self.enable_model_cpu_offload()
+    enable_sequential_cpu_offload = enable_model_cpu_offload
 
     def to(self, *args, **kwargs):
         """`DiffusionPipeline.to`; also drops the fast path's caches and graphs (they hold the old device's memory)."""
@@ -223,15 +165,7 @@ class VARPipeline(DiffusionPipeline):
 
         ```
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be one torch.Generator (the one the sampling call will use) or None, "
-                             f"got {type(generator).__name__}.")
-        device = generator.device if generator is not None else self._execution_device  # where the reference draws
-        num_classes = self.transformer.config.num_classes
-        uniform_1N = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32, device=device)
-        return torch.multinomial(uniform_1N, batch_size, replacement=True, generator=generator).reshape(-1).tolist()
+        return random_class_ids(self.transformer.config.num_classes, batch_size, generator, self._execution_device)
 
     # ------------------------------------------------------------------ input checks and editing inputs
 
@@ -241,57 +175,27 @@ class VARPipeline(DiffusionPipeline):
                      callback_on_step_end_tensor_inputs=(), image=None, mask_image=None) -> SamplingSettings:
         """Check every argument of `__call__` (for `batch_size` class labels) before any work; returns the call's
         [`SamplingSettings`]: the given values over `sampling_defaults`. Each error names its parameter."""
-        if check_int("class_labels (their number)", batch_size, minimum=0) == 0:
+        if batch_size == 0:
             raise ValueError("class_labels is empty; pass at least one class id, name or None (unconditional).")
         settings = SamplingSettings.from_dict(self.sampling_defaults).replace(
             guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature, more_smooth=more_smooth)
         num_images = batch_size * check_int("num_images_per_label", num_images_per_label, minimum=1)
-        if max_batch_size is not None:
-            check_int("max_batch_size", max_batch_size, minimum=1)
-        if fast_path is not None:
-            check_bool("fast_path", fast_path)
-        check_bool("return_dict", return_dict)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        device = self._execution_device
-        check_generator(generator, num_images, device)
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}.")
-        unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}.")
-        if image is None and mask_image is not None:
-            raise ValueError("mask_image was given without image; pass the image to edit.")
-        if image is not None and mask_image is None:
-            raise ValueError("Editing needs mask_image (white = regenerate) or a box (y0, x0, y1, x1); got only image.")
-        check_call_fits_memory(num_images, max_batch_size, self.transformer, self.vqvae.config, device)
+        check_call_options(
+            max_batch_size=max_batch_size, fast_path=fast_path, return_dict=return_dict, output_type=output_type,
+            callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            allowed_tensor_inputs=self._callback_tensor_inputs, image=image, mask_image=mask_image,
+        )
+        check_generator(generator, num_images, self._execution_device)
+        check_call_fits_memory(num_images, max_batch_size, self.transformer, self.vqvae.config, self._execution_device)
         return settings
 
     def prepare_edit_inputs(self, image, mask_image, batch_size: int, device) -> Dict[str, Any]:
-        """Image -> its token maps (`image_tokens`, batch_size copies); mask -> `keep_Bhw`, the keep-mask at the
-        finest token map (B, pn, pn), 1 = keep. `mask_image` follows diffusers' inpainting convention (white =
-        regenerate, black = keep): an image of the input image's size or the model's, or a box `(y0, x0, y1, x1)`
-        in relative coordinates to regenerate."""
-        images = normalize_images(image, "image", rgb=True)
-        if len(images) not in (1, batch_size):
-            raise ValueError(f"Got {len(images)} images for a batch of {batch_size}; pass one or {batch_size}.")
-        res, pn = self.vqvae.config.image_size, self.scheduler.config.patch_nums[-1]
-        regen_B1hw = regenerate_mask(mask_image, images, res, pn, self.mask_processor)
-        pixels = self.image_processor.preprocess(images, height=res, width=res, resize_mode="crop")
-        image_tokens = self.vqvae.encode_tokens(pixels.to(device=device, dtype=self.vqvae.dtype))
-        keep_Bhw = (1 - regen_B1hw[:, 0]).to(device)
-        return {"image_tokens": [t.repeat_interleave(batch_size // len(images), dim=0) for t in image_tokens],
-                "keep_Bhw": keep_Bhw.repeat_interleave(batch_size // keep_Bhw.shape[0], dim=0)}
+        """The image's token maps (`image_tokens`) and the keep-mask at the finest map (`keep_Bhw`, 1 = keep) for
+        `batch_size` images; see `var_hf.pipeline_inputs.encode_edit_inputs`."""
+        return encode_edit_inputs(image, mask_image, batch_size, self.vqvae, self.image_processor, self.mask_processor,
+                                  self.scheduler.config.patch_nums[-1], device)
 
-    @staticmethod
-    def keep_mask_at_scale(keep_Bhw: torch.Tensor, pn: int) -> torch.Tensor:
-        """The reference's `replace_embedding` rule: bilinear resize of the keep-mask, > 0.5; the first maps
-        (at most 3 tokens) are always kept from the image. Returns (B, 1, pn, pn) in {0, 1}."""
-        keep_B1hw = F.interpolate(keep_Bhw.unsqueeze(1).float(), size=(pn, pn), mode="bilinear", align_corners=False)
-        keep_B1hw = keep_B1hw.gt(0.5).float()
-        if pn * pn <= 3:
-            keep_B1hw.fill_(1)
-        return keep_B1hw
+    keep_mask_at_scale = staticmethod(keep_mask_at_scale)  # the reference's replace_embedding rule
 
     # ------------------------------------------------------------------ sampling
 
@@ -316,46 +220,36 @@ class VARPipeline(DiffusionPipeline):
         max_batch_size: Optional[int] = None,
     ) -> Union[VARPipelineOutput, tuple]:
         r"""
-        Generate (or edit) images. Settings left as `None` take the pipeline's `sampling_defaults`.
+        Generate (or edit) images. Sampling settings left as `None` take the pipeline's `sampling_defaults` (the
+        reference's cfg 4, top-k 900, top-p 0.95, temperature 1 unless the saved pipeline recommends others).
 
         Args:
             class_labels (`int`, `str`, `None`, a list of them, or a 1-d integer tensor / array):
-                Class ids, class names (`pipe.labels`), or `None` for unconditional samples (the null class).
-            guidance_scale (`float`, *optional*, defaults to `sampling_defaults["guidance_scale"]`, 4.0):
-                The reference's `cfg`: at scale k, `logits = (1 + t_k) cond - t_k uncond` with `t_k = guidance_scale *
-                k / (K - 1)` (linear schedule). 0 disables guidance.
-            top_k (`int`, *optional*, defaults to `sampling_defaults["top_k"]`, 900): keep the k most likely codes (0 disables).
-            top_p (`float`, *optional*, defaults to `sampling_defaults["top_p"]`, 0.95): nucleus threshold (0 disables).
-            temperature (`float`, *optional*, defaults to `sampling_defaults["temperature"]`, 1.0): softmax temperature.
-            more_smooth (`bool`, *optional*, defaults to `sampling_defaults["more_smooth"]`, `False`):
-                The reference's Gumbel-softmax smoothing of the fed-forward codes (visual quality; not for FID).
-            generator (`torch.Generator` or a list, *optional*):
-                One generator for the batch (seed it like the reference's `g_seed` to reproduce its samples on the
-                same device), or one per image. It must live on the pipeline's device.
+                Class ids, names (`pipe.labels`), or `None` for unconditional samples (the null class).
+            guidance_scale (`float`, *optional*): the reference's `cfg`: at scale k, `(1 + t_k) cond - t_k uncond`
+                with `t_k = guidance_scale * k / (K - 1)`. 0 disables guidance.
+            top_k (`int`, *optional*): keep the k most likely codes (0 disables).
+            top_p (`float`, *optional*): nucleus threshold in [0, 1] (0 disables).
+            temperature (`float`, *optional*): softmax temperature (> 0).
+            more_smooth (`bool`, *optional*): the reference's Gumbel-softmax smoothing (visual quality, not FID).
+            generator (`torch.Generator` or a list, *optional*): one for the batch (seeded like the reference's
+                `g_seed` it reproduces its samples on the same device) or one per image, on the pipeline's device.
             num_images_per_label (`int`, *optional*, defaults to 1): images per label, labels repeated in place.
-            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
-                Image to edit, one per image of the batch or one for all (resized and centre-cropped to the model's
-                resolution). Float values in [0, 1]; `uint8` in [0, 255] (`np.array(pil_image)` is `pil_image`).
-                A 4-D tensor (B, C, H, W) or array (B, H, W, C) is a batch. Needs `mask_image`.
-            mask_image (image-like, a list, or a box `(y0, x0, y1, x1)` in [0, 1], *optional*):
-                White = regenerate, black = keep. At every scale the kept tokens are forced from the image's own
-                token maps; only the masked ones are sampled (inpainting, outpainting, class-conditional editing).
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*): image(s) to edit, resized
+                and centre-cropped to the model's resolution; float values in [0, 1], `uint8` in [0, 255]
+                (`np.array(pil_image)` is `pil_image`); a 4-D tensor/array is a batch. Needs `mask_image`.
+            mask_image (image-like, a list, or a box `(y0, x0, y1, x1)` in [0, 1], *optional*): white = regenerate,
+                black = keep; kept tokens are forced from the image's own token maps at every scale.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (final f_hat).
             return_dict (`bool`, *optional*, defaults to `True`): else return `(images, token_maps)`.
-            callback_on_step_end (`Callable`, *optional*):
-                Called after each scale as `callback(pipe, step_index, timestep, callback_kwargs)` (timestep = scale
-                index); `callback_kwargs` holds the names in `callback_on_step_end_tensor_inputs`: `image_estimate`
-                (the image decoded from the scales so far, (B, 3, H, W) in [0, 1]), `f_hat`, `token_map`. A returned
-                `{"f_hat": ...}` (same shape, dtype and device) replaces the running f_hat and so the next scale's
-                input. With batching, called for every batch.
-            fast_path (`bool`, *optional*, defaults to `False`):
-                Experimental (see `docs/performance.md`): per-scale CUDA graphs on static buffers, sort-free
-                top-k/top-p on CUDA, no per-scale host syncs; the same tokens as the plain loop by design and in the
-                CPU tests. Verify it on your GPU with `benchmarks/gpu_session.sh` before relying on it.
-            max_batch_size (`int`, *optional*):
-                Sample at most this many images at once. `None`: on CUDA as many as the free memory should hold
-                (a batch that still runs out of memory is retried at half the size from rewound generators);
-                elsewhere all at once. With one generator the draws depend on the batching; with one per image not.
+            callback_on_step_end (`Callable`, *optional*): called after each scale as `callback(pipe, step_index,
+                timestep, callback_kwargs)` with the tensors named in `callback_on_step_end_tensor_inputs`
+                (`image_estimate`: the image decoded so far, (B, 3, H, W) in [0, 1]; `f_hat`; `token_map`). A returned
+                `{"f_hat": ...}` (same shape, dtype, device) replaces f_hat, and so the next scale's input.
+            fast_path (`bool`, *optional*, defaults to `False`): experimental CUDA graphs and sort-free filtering
+                (`docs/performance.md`); verify it on your GPU with `benchmarks/gpu_session.sh`.
+            max_batch_size (`int`, *optional*): images sampled at once. `None`: on CUDA what the free memory should
+                hold (retried at half the size from rewound generators if it runs out), else all.
         """
         # 1. Check inputs, before any model work.
         labels = self.get_label_ids(class_labels)
@@ -475,11 +369,8 @@ class VARPipeline(DiffusionPipeline):
 
     def decode_latents(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat (B, vq_embed_dim, h, w) -> float32 images in [0, 1], `pipe.decode_batch_size` at a time (None: all).
-
-        [-1, 1] -> [0, 1] is done in the decoder's output dtype before the cast to float32, as the reference's
-        `fhat_to_img(...).add_(1).mul_(0.5)`: under autocast its images are the reference's to the bit. After
-        `pipe.vqvae.to(memory_format=torch.channels_last)` (opt-in, as in diffusers) decoding runs channels-last with
-        cuDNN autotuning: faster on GPUs, rounded by other convolution algorithms than the reference's."""
+        [-1, 1] -> [0, 1] happens in the decoder's dtype, then float32, as the reference's `fhat_to_img(...).add_(1)
+        .mul_(0.5)`. With channels-last VQVAE weights (opt-in) decoding autotunes cuDNN: faster, other rounding."""
         channels_last = is_channels_last(self.vqvae)
         images = []
         for f_hat_part in f_hat.split(self.decode_batch_size or f_hat.shape[0]):

@@ -36,6 +36,30 @@ def is_default_id2label(id2label: Optional[Mapping]) -> bool:
     return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
 
+def default_id2label(transformer_config) -> Dict[int, str]:
+    """A model's class names: its config's own (when not transformers' placeholders), ImageNet's for 1000 classes,
+    else the ids as strings."""
+    id2label, num_classes = transformer_config.id2label, transformer_config.num_classes
+    if not is_default_id2label(id2label) and len(id2label) == num_classes:
+        return {int(k): str(v) for k, v in id2label.items()}
+    return imagenet_id2label() if num_classes == 1000 else {i: str(i) for i in range(num_classes)}
+
+
+def random_class_ids(num_classes: int, batch_size: int, generator=None, device=None) -> List[int]:
+    """Class ids drawn uniformly with replacement, as the reference's `label_B=None` draws them: one
+    `torch.multinomial` over the classes, from `generator` (where it lives; else on `device` from the default one)."""
+    import torch
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be one torch.Generator (the one the sampling call will use) or None, "
+                         f"got {type(generator).__name__}.")
+    device = generator.device if generator is not None else device  # the reference's draw sits on its rng's device
+    uniform_1N = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32, device=device)
+    return torch.multinomial(uniform_1N, batch_size, replacement=True, generator=generator).reshape(-1).tolist()
+
+
 class LabelMap:
     """Resolves class names and ids against an `id2label` mapping, with helpful errors."""
 
@@ -93,4 +117,4 @@ class LabelMap:
         return {name: ids[0] for name, ids in sorted(self._name_to_ids.items()) if len(set(ids)) == 1}
 
 
-__all__ = ["LabelMap", "imagenet_id2label", "is_default_id2label", "IMAGENET_ID2LABEL_PATH"]
+__all__ = ["LabelMap", "default_id2label", "random_class_ids", "imagenet_id2label", "is_default_id2label", "IMAGENET_ID2LABEL_PATH"]

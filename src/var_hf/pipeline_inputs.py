@@ -204,6 +204,38 @@ def normalize_images(images, name: str, rgb: bool) -> List:
     return [normalize_image_input(item, name, rgb) for item in items]
 
 
+def check_call_options(*, max_batch_size, fast_path, return_dict, output_type, callback_on_step_end,
+                       callback_on_step_end_tensor_inputs, allowed_tensor_inputs, image, mask_image):
+    """The switches of a pipeline call: types, choices, and that editing has both an image and a mask."""
+    if max_batch_size is not None:
+        check_int("max_batch_size", max_batch_size, minimum=1)
+    if fast_path is not None:
+        check_bool("fast_path", fast_path)
+    check_bool("return_dict", return_dict)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}.")
+    unknown = set(callback_on_step_end_tensor_inputs or ()) - set(allowed_tensor_inputs)
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {list(allowed_tensor_inputs)}.")
+    if image is None and mask_image is not None:
+        raise ValueError("mask_image was given without image; pass the image to edit.")
+    if image is not None and mask_image is None:
+        raise ValueError("Editing needs mask_image (white = regenerate) or a box (y0, x0, y1, x1); got only image.")
+
+
+def keep_mask_at_scale(keep_Bhw: torch.Tensor, pn: int) -> torch.Tensor:
+    """The reference's `replace_embedding` rule: bilinear resize of the keep-mask, > 0.5; the first maps (at most 3
+    tokens) are always kept from the image. Returns (B, 1, pn, pn) in {0, 1}."""
+    keep_B1hw = torch.nn.functional.interpolate(keep_Bhw.unsqueeze(1).float(), size=(pn, pn), mode="bilinear",
+                                                align_corners=False)
+    keep_B1hw = keep_B1hw.gt(0.5).float()
+    if pn * pn <= 3:
+        keep_B1hw.fill_(1)
+    return keep_B1hw
+
+
 def regenerate_mask(mask_image, images: List, resolution: int, pn: int, mask_processor) -> torch.Tensor:
     """The positions to regenerate at the finest token map, (N, 1, pn, pn) in {0, 1}, N = 1 or len(images).
     `mask_image` is diffusers' inpainting mask (white = regenerate) of the image's size or the model's, or a box
@@ -229,10 +261,29 @@ def regenerate_mask(mask_image, images: List, resolution: int, pn: int, mask_pro
     return (torch.nn.functional.interpolate(mask_B1HW.float(), size=(pn, pn), mode="area") > 0.5).float()
 
 
+def encode_edit_inputs(image, mask_image, batch_size: int, vqvae, image_processor, mask_processor, pn: int,
+                       device) -> Dict[str, Any]:
+    """Image -> its token maps (`image_tokens`, `batch_size` copies); mask -> `keep_Bhw`, the keep-mask at the
+    finest token map (B, pn, pn), 1 = keep. Images are encoded in the VQVAE's weights' dtype."""
+    images = normalize_images(image, "image", rgb=True)
+    if len(images) not in (1, batch_size):
+        raise ValueError(f"Got {len(images)} images (image) for a batch of {batch_size}; pass one or {batch_size}.")
+    res = vqvae.config.image_size
+    regen_B1hw = regenerate_mask(mask_image, images, res, pn, mask_processor)
+    pixels = image_processor.preprocess(images, height=res, width=res, resize_mode="crop")
+    image_tokens = vqvae.encode_tokens(pixels.to(device=device, dtype=vqvae.dtype))
+    keep_Bhw = (1 - regen_B1hw[:, 0]).to(device)
+    return {"image_tokens": [t.repeat_interleave(batch_size // len(images), dim=0) for t in image_tokens],
+            "keep_Bhw": keep_Bhw.repeat_interleave(batch_size // keep_Bhw.shape[0], dim=0)}
+
+
 __all__ = [
     "OUTPUT_TYPES",
     "SamplingSettings",
     "check_bool",
+    "check_call_options",
+    "encode_edit_inputs",
+    "keep_mask_at_scale",
     "check_generator",
     "check_int",
     "check_returned_f_hat",

@@ -15,7 +15,10 @@ import json
 import os
 from typing import Dict, Optional
 
+from var_hf.file_utils import write_text_atomically
+
 GENERIC_LOADER_MODULE = "pipeline"
+GENERIC_LOADER_CLASS = "VARPipeline"
 GENERIC_LOADER_SOURCE = '''"""VAR pipeline: `DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)` loads it with diffusers'
 generic loader (`pip install var-hf`); `var_hf.VARPipeline.from_pretrained(<this folder>)` needs no remote code."""
 
@@ -76,6 +79,22 @@ def check_model_index(folder: str, component_classes: Dict[str, type]) -> Option
     return index
 
 
+def check_components(components: Dict[str, object], component_classes: Dict[str, type]):
+    """Each component is an instance of its class, and the three agree on the patch schedule and the codebook."""
+    for name, component in components.items():
+        if not isinstance(component, component_classes[name]):
+            raise ValueError(f"{name} must be a {component_classes[name].__name__}, got {type(component).__name__}.")
+    vq, tr, sch = (components[name].config for name in ("vqvae", "transformer", "scheduler"))
+    if list(vq.patch_nums) != list(tr.patch_nums) or list(sch.patch_nums) != list(tr.patch_nums):
+        raise ValueError(
+            f"patch_nums differ between components: vqvae {list(vq.patch_nums)}, transformer {list(tr.patch_nums)}, "
+            f"scheduler {list(sch.patch_nums)}; they must be equal."
+        )
+    if vq.vocab_size != tr.vocab_size or vq.vq_embed_dim != tr.vq_embed_dim:
+        raise ValueError(f"The transformer (vocab {tr.vocab_size}, code dim {tr.vq_embed_dim}) does not fit the "
+                         f"VQVAE (vocab {vq.vocab_size}, code dim {vq.vq_embed_dim}).")
+
+
 def read_generic_class_name(config: dict, class_name: str) -> dict:
     """In a loaded `model_index.json` dict, `["pipeline", class_name]` -> `class_name` (in place)."""
     if list(config.get("_class_name") or []) == generic_class_name(class_name):
@@ -83,11 +102,52 @@ def read_generic_class_name(config: dict, class_name: str) -> dict:
     return config
 
 
+class VARPipelineLoadingMixin:
+    """`from_pretrained` / `save_pretrained` of [`VARPipeline`] (mixed in before `DiffusionPipeline`): loading needs
+    no `trust_remote_code` and refuses foreign components; saving adds `pipeline.py` for diffusers' generic loader."""
+
+    _component_classes: Dict[str, type] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load from a local folder or a Hub repo id (`revision`, `cache_dir`, `token`, `local_files_only`, `proxies`
+        are honoured). The folder's `pipeline.py` is not run; components that are not var_hf's are refused."""
+        path = resolve_local_folder(pretrained_model_name_or_path, kwargs)
+        check_model_index(path, cls._component_classes)
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' `load_config`; `_class_name: ["pipeline", "VARPipeline"]` reads as `"VARPipeline"`."""
+        loaded = super().load_config(*args, **kwargs)
+        read_generic_class_name(loaded[0] if isinstance(loaded, tuple) else loaded, GENERIC_LOADER_CLASS)
+        return loaded
+
+    def _saves_generic_loader(self) -> bool:
+        return type(self).__name__ == GENERIC_LOADER_CLASS  # subclasses save as themselves
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """diffusers' `save_pretrained`, plus `pipeline.py` for diffusers' generic loader."""
+        os.makedirs(save_directory, exist_ok=True)
+        if self._saves_generic_loader():
+            write_text_atomically(os.path.join(save_directory, f"{GENERIC_LOADER_MODULE}.py"), GENERIC_LOADER_SOURCE)
+        super().save_pretrained(save_directory, **kwargs)
+
+    def to_json_string(self) -> str:
+        config = json.loads(super().to_json_string())
+        if self._saves_generic_loader():
+            config["_class_name"] = generic_class_name(GENERIC_LOADER_CLASS)
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
 __all__ = [
+    "GENERIC_LOADER_CLASS",
     "GENERIC_LOADER_MODULE",
     "GENERIC_LOADER_SOURCE",
+    "check_components",
     "check_model_index",
     "generic_class_name",
     "read_generic_class_name",
     "resolve_local_folder",
+    "VARPipelineLoadingMixin",
 ]
