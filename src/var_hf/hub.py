@@ -119,6 +119,14 @@ def eval_results_from_metrics(
     return results
 
 
+def _read_json(path: str, fix: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); {fix}.") from None
+
+
 def read_metrics_report(metrics_report: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
     """The metrics JSON of `var-hf evaluate` (a path, its folder, or its content), checked to be a JSON object."""
     if isinstance(metrics_report, dict):
@@ -128,13 +136,7 @@ def read_metrics_report(metrics_report: Union[str, Dict[str, Any]]) -> Dict[str,
         path = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"metrics file {path}: no such file (pass the metrics.json of var-hf evaluate).")
-        try:
-            with open(path, encoding="utf-8") as f:
-                report = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(
-                f"metrics file {path}: not valid JSON ({err}); pass the metrics.json of var-hf evaluate."
-            ) from None
+        report = _read_json(path, "pass the metrics.json of var-hf evaluate")
     if not isinstance(report, dict) or not isinstance(report.get("metrics", {}), dict):
         raise ValueError("metrics: expected the JSON object of var-hf evaluate, with a 'metrics' object inside.")
     return report
@@ -431,11 +433,7 @@ def check_pipeline_folder(folder: str) -> Dict[str, Any]:
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
         raise FileNotFoundError(f"{folder!r} is not a saved pipeline: no model_index.json (use pipe.save_pretrained).")
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{index_path} is not valid JSON ({err}); save the pipeline again.") from None
+    index = _read_json(index_path, "save the pipeline again")
     if not isinstance(index, dict):
         raise ValueError(f"{index_path} is not a pipeline index (a JSON object); save the pipeline again.")
     components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
