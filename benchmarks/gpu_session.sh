@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run the benchmark on a lent GPU machine whose image lacks diffusers/datasets/evaluate (see docs/performance.md):
-#   bash benchmarks/gpu_session.sh --models d16          # one model per call keeps inside a 10-minute command limit
-# Wheels in .whl/ (Python 3.12, pure Python) are installed into /tmp/site first; var_hf itself is installed editable.
-# tests/test_cuda_graphs.py runs first (it needs pytest's wheels in .whl/ too).
+# Verify the experimental fast path on a CUDA machine, then benchmark it (see docs/performance.md):
+#   bash benchmarks/gpu_session.sh --models d16 d30 --repeats 2
+# Wheels in .whl/ (pure Python; for machines without diffusers/datasets/evaluate/pytest) are installed into /tmp/site
+# first; var_hf itself is installed editable. tests/test_cuda_graphs.py runs first, then benchmarks/bench_var.py.
 set -euo pipefail
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
