@@ -141,6 +141,16 @@ def test_parser_errors_are_one_line():
         parser.parse_args(["--top", "3"])  # no abbreviations
 
 
+def test_any_parser_can_raise_usage_errors():
+    from transformers import HfArgumentParser
+
+    from var_hf.commands import raise_usage_errors
+
+    parser = raise_usage_errors(HfArgumentParser([], prog="var-hf x"))
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        parser.parse_args(["--bogus"])
+
+
 def test_unknown_command(capsys):
     assert var_hf_cli.main(["generat"]) == 2
     err = capsys.readouterr().err

@@ -67,6 +67,17 @@ class CLIArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def raise_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make any argparse parser (e.g. transformers' `HfArgumentParser`) raise `UsageError` instead of printing its
+    usage block and exiting, so `run_command` reports the problem in one line like every other command."""
+
+    def error(message):
+        raise UsageError(f"{message} (see {parser.prog} --help)")
+
+    parser.error = error
+    return parser
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`--verbose` and `--debug`, shared by every command (`run_command` acts on `--debug` before parsing)."""
     parser.add_argument("--verbose", action="store_true",
@@ -136,5 +147,6 @@ __all__ = [
     "configure_logging",
     "debug_requested",
     "normalize_option_spelling",
+    "raise_usage_errors",
     "run_command",
 ]
