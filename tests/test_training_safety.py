@@ -210,10 +210,16 @@ def test_no_module_of_ours_shadows_the_standard_library():
     assert not (names - {"__init__", "__main__"}) & set(sys.stdlib_module_names)
 
 
-@pytest.mark.parametrize("script", ["train_var.py", "train_vqvae.py", "tokenize_dataset.py"])
-def test_scripts_run_by_path_under_accelerate_launch(script):
-    proc = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "1", os.path.join(TRAINING_DIR, script),
-                           "--help"], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("launch", [
+    ["accelerate", "launch", "--cpu", "--num_processes", "1", os.path.join(TRAINING_DIR, "train_var.py")],
+    [sys.executable, os.path.join(TRAINING_DIR, "train_vqvae.py")],
+    [sys.executable, os.path.join(TRAINING_DIR, "tokenize_dataset.py")],
+    [sys.executable, "-m", "var_hf.training.tokenize_dataset"],
+], ids=["accelerate-launch-train_var.py", "train_vqvae.py", "tokenize_dataset.py", "-m-tokenize_dataset"])
+def test_scripts_run_by_path_and_as_modules(launch):
+    """`accelerate launch path/to/script.py` runs the script with its folder first on sys.path (as `python path`
+    does): a module there named like a standard-library module would replace it."""
+    proc = subprocess.run([*launch, "--help"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--output-dir" in proc.stdout
 
@@ -232,6 +238,16 @@ def test_vqvae_trains_on_a_folder_of_unlabeled_images(tmp_path):
     with pytest.raises(ValueError, match="validate_every -1"):  # a flat folder has no validation split
         train_vqvae_cmd.main(TINY_VQVAE + ["--dataset", str(images), "--output-dir", str(tmp_path / "v2"),
                                            "--max_steps", "1", "--log_with", "none"])
+
+
+@needs_fmnist
+def test_an_fsdp_config_without_gpus_is_refused(tmp_path, vqvae_dir, monkeypatch):
+    """accelerate 1.15 shards with FSDP only on GPU-like devices; on CPU an FSDP config would silently train
+    unsharded, so it is refused with the command that does work."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP only on GPUs.*--multi_gpu"):
+        train_var_cmd.main(TINY_VAR + ["--vqvae", vqvae_dir, "--output_dir", str(tmp_path / "out"), "--max_steps", "1"])
+    assert not glob.glob(str(tmp_path / "out" / "checkpoint-*"))
 
 
 def test_ema_differs_from_diffusers_ema_model():

@@ -92,6 +92,14 @@ def build_accelerator(args: TrainingArguments, kwargs_handlers=None) -> Accelera
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("DeepSpeed is not supported by these scripts; use DDP or FSDP.")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not is_fsdp(accelerator):
+        # accelerate 1.15 turns an FSDP config into FSDP only on GPU-like devices; on CPU the processes would train
+        # unsharded (DDP over gloo, or each alone), which is not what the config asked for.
+        raise ValueError(
+            f"The accelerate config asks for FSDP, but accelerate runs FSDP only on GPUs (this run is "
+            f"{accelerator.distributed_type} on {accelerator.device}). On CPU use `accelerate launch --multi_gpu "
+            "--num_processes N` (DDP over gloo) instead."
+        )
     return accelerator
 
 
@@ -139,6 +147,7 @@ def setup_logging(accelerator: Accelerator, verbose: bool = False):
     """var_hf's INFO lines on the main process, through tqdm; the libraries' INFO lines and load bars only when
     `verbose`."""
     import datasets
+    import diffusers
     import transformers
 
     handler = TqdmLoggingHandler()
@@ -153,10 +162,14 @@ def setup_logging(accelerator: Accelerator, verbose: bool = False):
     if verbose and accelerator.is_main_process:
         transformers.utils.logging.set_verbosity_info()
         transformers.utils.logging.enable_progress_bar()
+        diffusers.utils.logging.enable_progress_bar()
     else:
-        transformers.utils.logging.set_verbosity_warning() if accelerator.is_main_process else \
+        if accelerator.is_main_process:
+            transformers.utils.logging.set_verbosity_warning()
+        else:
             transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
 
