@@ -64,7 +64,10 @@ def test_save_pretrained_writes_auto_map_and_its_module(saved_pipeline):
 
 
 FRESH_FORMS = [
-    ("transformers", "transformer", "import transformers",
+    ("transformers", "transformer",
+     "import transformers\n"
+     "config = transformers.AutoConfig.from_pretrained({root!r}, subfolder='transformer', trust_remote_code=True)\n"
+     "assert type(config).__name__ == 'VARTransformerConfig' and config.depth == 2",
      "transformers.AutoModel.from_pretrained({root!r}, subfolder='transformer', trust_remote_code=True)",
      "var_hf.modeling_var.VARTransformer"),
     ("transformers", "vqvae", "import transformers",
@@ -87,20 +90,10 @@ FRESH_FORMS = [
 )
 def test_auto_model_in_a_fresh_process(saved_pipeline, tmp_path, library, component, imports, call, expected):
     code = LOAD_TEMPLATE.format(
-        imports=imports, call=call.format(root=str(saved_pipeline)),
+        imports=imports.format(root=str(saved_pipeline)), call=call.format(root=str(saved_pipeline)),
         weights=str(saved_pipeline / component / "model.safetensors"),
     )
     assert _run(code, tmp_path).strip().endswith(expected)
-
-
-def test_auto_config_in_a_fresh_process(saved_pipeline, tmp_path):
-    code = (
-        "import sys, transformers\n"
-        f"config = transformers.AutoConfig.from_pretrained({str(saved_pipeline)!r}, subfolder='transformer', "
-        "trust_remote_code=True)\n"
-        "print(type(config).__name__, config.depth)\n"
-    )
-    assert _run(code, tmp_path).split() == ["VARTransformerConfig", "2"]
 
 
 def test_importing_a_model_module_registers_it_without_trust_remote_code(saved_pipeline, tmp_path):
@@ -114,9 +107,9 @@ def test_importing_a_model_module_registers_it_without_trust_remote_code(saved_p
 
 
 def test_add_auto_class_files_upgrades_a_folder_saved_before(saved_pipeline, tmp_path):
-    old = tmp_path / "old"
     import shutil
 
+    old = tmp_path / "old"
     shutil.copytree(saved_pipeline, old)
     for path in [old / AUTO_SHIM_FILE, old / "transformer" / AUTO_SHIM_FILE, old / "vqvae" / AUTO_SHIM_FILE]:
         path.unlink()
@@ -127,12 +120,11 @@ def test_add_auto_class_files_upgrades_a_folder_saved_before(saved_pipeline, tmp
     weights_before = (old / "vqvae" / "model.safetensors").read_bytes()
     written = add_auto_class_files(old)
     assert len(written) == 6 and (old / "vqvae" / "model.safetensors").read_bytes() == weights_before
-    code = LOAD_TEMPLATE.format(
-        imports="import diffusers",
-        call=f"diffusers.AutoModel.from_pretrained({str(old)!r}, subfolder='transformer', trust_remote_code=True)",
-        weights=str(old / "transformer" / "model.safetensors"),
-    )
-    assert _run(code, tmp_path).strip() == "var_hf.modeling_var.VARTransformer"
+    # The upgraded folder holds what a fresh save holds (the fresh-process loads above then apply to it).
+    for name in (AUTO_SHIM_FILE, f"transformer/{AUTO_SHIM_FILE}", f"vqvae/{AUTO_SHIM_FILE}"):
+        assert (old / name).read_text() == (saved_pipeline / name).read_text(), name
+    for name in ("model_index.json", "transformer/config.json", "vqvae/config.json"):
+        assert json.loads((old / name).read_text()) == json.loads((saved_pipeline / name).read_text()), name
 
 
 def test_the_package_root_imports_lazily(tmp_path):
