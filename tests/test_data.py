@@ -92,6 +92,22 @@ def test_imagefolder_in_imagenet_layout(tmp_path):
     assert sorted(set(train["label"])) == [0, 1]
 
 
+def test_unlabeled_image_folders_for_stage_one(tmp_path):
+    for i in range(3):
+        PIL.Image.new("RGB", (10, 12), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    for source in (str(tmp_path), f"imagefolder:{tmp_path}"):
+        dataset = load_image_dataset(source, "train", require_labels=False)
+        assert dataset.column_names == ["image"] and len(dataset) == 3 and class_names(dataset) == []
+        image, label = TransformedDataset(dataset, ImageTransform(8, random_crop=False))[0]
+        assert image.shape == (3, 8, 8) and label == -1
+    with pytest.raises(ValueError, match="label"):  # stage 2 needs classes
+        load_image_dataset(str(tmp_path), "train")
+    with pytest.raises(ValueError, match="no 'validation' split"):
+        load_image_dataset(str(tmp_path), "validation", require_labels=False)
+    with pytest.raises(FileNotFoundError, match="imagefolder:"):
+        load_image_dataset(f"imagefolder:{tmp_path / 'missing'}")
+
+
 def test_saved_dataset_with_custom_columns(tmp_path):
     import datasets
 

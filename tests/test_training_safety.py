@@ -213,9 +213,8 @@ def test_no_module_of_ours_shadows_the_standard_library():
 @pytest.mark.parametrize("launch", [
     ["accelerate", "launch", "--cpu", "--num_processes", "1", os.path.join(TRAINING_DIR, "train_var.py")],
     [sys.executable, os.path.join(TRAINING_DIR, "train_vqvae.py")],
-    [sys.executable, os.path.join(TRAINING_DIR, "tokenize_dataset.py")],
     [sys.executable, "-m", "var_hf.training.tokenize_dataset"],
-], ids=["accelerate-launch-train_var.py", "train_vqvae.py", "tokenize_dataset.py", "-m-tokenize_dataset"])
+], ids=["accelerate-launch-train_var.py", "train_vqvae.py", "-m-tokenize_dataset"])
 def test_scripts_run_by_path_and_as_modules(launch):
     """`accelerate launch path/to/script.py` runs the script with its folder first on sys.path (as `python path`
     does): a module there named like a standard-library module would replace it."""
