@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 from transformers import AutoConfig
 from transformers.utils import logging
 
-from .configuration_utils import VARHFConfig, check_bool, check_float, check_int, check_patch_nums
+from .configuration_utils import ConfigFieldError, VARHFConfig, check_bool, check_float, check_int, check_patch_nums
 from .configuration_vqvae import PATCH_NUMS_256, PATCH_NUMS_512
 
 logger = logging.get_logger(__name__)
@@ -135,7 +135,7 @@ class VARTransformerConfig(VARHFConfig):
         check_int("embed_dim", self.embed_dim, minimum=1)
         check_int("num_heads", self.num_heads, minimum=1)
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads}).")
+            raise ConfigFieldError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads}).")
         check_float("mlp_ratio", self.mlp_ratio, minimum=0, exclusive_minimum=True)
         for name in ("dropout", "attention_dropout", "drop_path_rate", "label_smoothing"):
             check_float(name, getattr(self, name), minimum=0, maximum=1, exclusive_maximum=True)

@@ -5,7 +5,16 @@ from typing import Sequence
 from transformers import AutoConfig
 from transformers.utils import logging
 
-from .configuration_utils import VARHFConfig, check_bool, check_float, check_int, check_int_list, check_patch_nums
+from .configuration_utils import (
+    ConfigFieldError,
+    VARHFConfig,
+    check_bool,
+    check_float,
+    check_int,
+    check_int_list,
+    check_patch_nums,
+)
+# check_float, check_int, check_int_list, check_patch_nums
 
 logger = logging.get_logger(__name__)
 
@@ -124,7 +133,7 @@ class MultiScaleVQVAEConfig(VARHFConfig):
         check_bool("using_znorm", self.using_znorm)
         check_int("quant_conv_kernel_size", self.quant_conv_kernel_size, minimum=1)
         if self.quant_conv_kernel_size % 2 == 0:
-            raise ValueError(
+            raise ConfigFieldError(
                 f"quant_conv_kernel_size must be odd (the convolution keeps the latent's size), got "
                 f"{self.quant_conv_kernel_size}."
             )
@@ -134,7 +143,7 @@ class MultiScaleVQVAEConfig(VARHFConfig):
         self.patch_nums = check_patch_nums(self.patch_nums)
         for mult in self.channel_multipliers:
             if (self.base_channels * mult) % 32:
-                raise ValueError(
+                raise ConfigFieldError(
                     f"base_channels * channel_multiplier must be a multiple of 32 (GroupNorm has 32 groups), got "
                     f"{self.base_channels} * {mult}."
                 )
