@@ -19,6 +19,7 @@ from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 from bench_var import configs, random_training_batch
 from var_hf import VARTransformer
+from var_hf.file_utils import default_device
 from var_hf.modeling_var import _selective_checkpoint_policy
 
 
@@ -99,7 +100,7 @@ def main(argv=None):
                         default=["eager", "compile", "selective", "compile+selective", "checkpointing"])
     parser.add_argument("--reference-batch", type=int, default=64, help="batch for the predicted peak column")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     b1, b2 = args.batch_sizes
     num_params = sum(p.numel() for p in build(args.model, "eager", "meta", ForwardMemory)[1].parameters())
     print(f"model={args.model} ({num_params / 1e6:.0f}M parameters) device={device} batches={b1},{b2} autocast=bf16 "

@@ -41,6 +41,7 @@ from var_hf import (
     VARTransformerConfig,
 )
 from var_hf.fast_sampling import StaticScaleRunner
+from var_hf.file_utils import default_device
 
 # Tiny widths, but the real 4096-code vocabulary: sampling cost (filtering, drawing) scales with it.
 TINY = dict(
@@ -301,7 +302,7 @@ def main(argv=None):
     parser.add_argument("--compile-blocks", action="store_true",
                         help="also torch.compile the fast path's pointwise block pieces (VARTransformer.compile_blocks)")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     on_gpu = device.type == "cuda"
     models = args.models or (["d16", "d20", "d24", "d30"] if on_gpu else ["tiny"])
     batch_sizes = args.batch_sizes or ([1, 16, 64, 256] if on_gpu else [1, 16])

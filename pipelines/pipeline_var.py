@@ -45,6 +45,7 @@ from var_hf.scheduling_var import VARScaleScheduler
 
 logger = logging.get_logger(__name__)
 
+
 @dataclass
 class VARPipelineOutput(BaseOutput):
     """

@@ -157,3 +157,19 @@ def test_a_pipeline_saved_without_defaults_gets_the_references():
     pipe = make_pipeline(num_classes=5)
     assert pipe.sampling_defaults == {"guidance_scale": 4.0, "top_k": 900, "top_p": 0.95, "temperature": 1.0,
                                       "more_smooth": False}
+
+
+def test_pipeline_files_import_the_package_absolutely():
+    """Relative imports (`from ..x`) would resolve against the checkout's root or diffusers' module cache, not var_hf;
+    and the scheduler has one home, `var_hf.scheduling_var`."""
+    import ast
+
+    import var_hf.pipelines
+
+    folder = os.path.join(REPO_ROOT, "pipelines")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, name), encoding="utf-8").read())
+            relative = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0]
+            assert not relative, f"pipelines/{name} imports relatively at lines {relative}"
+    assert not hasattr(var_hf.pipelines, "VARScaleScheduler")

@@ -158,7 +158,15 @@ def output_bytes_per_image(image_size: int, vq_embed_dim: int, patch_nums: Seque
 
 
 def available_host_bytes() -> Optional[int]:
-    """Memory the host can still give (Linux `MemAvailable` through `os.sysconf`); None where unknown."""
+    """Memory the host can still give: Linux's `MemAvailable` (free memory plus reclaimable caches), else the free
+    physical pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
