@@ -19,7 +19,7 @@ from var_hf.training.arguments import DataArguments, TrainingArguments
 from var_hf.training.checkpointing import CheckpointError, CheckpointManager, write_run_config
 from var_hf.training.export import exported_copy
 from var_hf.training.optimization import (
-    EMA, ema_weights, per_process_batch_size, total_steps, use_ema_for_export, warmup_steps_for, apply_schedule,
+    EMA, apply_schedule, ema_weights, per_process_batch_size, total_steps, use_ema_for_export, warmup_steps_for,
 )
 from var_hf.training.trackers import (
     Progress, build_accelerator, environment_info, init_trackers, reduce_mean, setup_logging, should,
