@@ -172,3 +172,20 @@ def test_fid_helper_weights_agree_with_its_torchscript_and_give_no_inception_sco
     images = pixels.permute(0, 2, 3, 1).numpy()
     results, details = compute_sample_metrics(images, [0, 0], model)
     assert "inception_score" not in results and "no softmax layer" in details["inception_score"]
+
+
+@needs_fashion
+def test_a_pipeline_against_fashion_mnist_uses_the_bundled_classifier_and_full_frame_references(
+    tiny_pipeline, tmp_path, capsys
+):
+    model_dir, out = str(tmp_path / "model"), tmp_path / "eval"
+    tiny_pipeline.save_pretrained(model_dir)
+    argv = ["--model", model_dir, "--reference", "fashion-mnist", "--reference-split", "test",
+            "--reference-max-samples", "40", "--num-per-class", "3", "--output-dir", str(out), "--device", "cpu",
+            "--quiet"]
+    assert evaluate_command.main(argv) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["feature_extractor"]["weights"] == os.path.abspath(BUNDLED_CLASSIFIER)
+    assert report["reference"]["preprocessing"] == "full-frame" and report["reference"]["resolution"] == 8
+    assert [row["class"] for row in report["class_accuracy_per_class"]] == [0, 1, 2, 3]
+    assert set(report["metrics"]) == {"fid", "inception_score", "precision", "recall", "class_accuracy"}
