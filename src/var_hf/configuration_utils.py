@@ -118,8 +118,10 @@ class VARHFConfig(PretrainedConfig):
                 other_class, folder = VAR_HF_MODEL_TYPES[found]
                 hint = (
                     f" It holds a {other_class} (in a saved VARPipeline that is the '{folder}/' folder): load it with "
-                    f"{other_class}.from_pretrained, or point at the '{VAR_HF_MODEL_TYPES[cls.model_type][1]}/' folder."
+                    f"{other_class}.from_pretrained"
                 )
+                own_folder = VAR_HF_MODEL_TYPES.get(cls.model_type, (None, None))[1]
+                hint += f", or point at the '{own_folder}/' folder." if own_folder else "."
             raise ValueError(
                 f"{where} holds a configuration of model_type {found!r}, not {cls.model_type!r} "
                 f"({cls.__name__}).{hint}"
