@@ -204,6 +204,7 @@ def make_sample_grid(pipe, class_ids: Sequence[int], seed: int = 0, min_tile: in
     from diffusers.utils import make_image_grid
 
     generators = [torch.Generator(device=pipe._execution_device).manual_seed(seed + i) for i in range(len(class_ids))]
+    pipe.set_progress_bar_config(disable=True)  # a card's grid is a side job: no bar at the end of training
     images = pipe(class_labels=list(class_ids), generator=generators, output_type="pil", **call_kwargs).images
     side = images[0].width
     if side < min_tile:

@@ -8,7 +8,7 @@ for `train-vqvae` and `tokenize` too.
 
 from typing import List, Optional, Sequence, Tuple
 
-from var_hf.commands import UsageError
+from var_hf.commands import UsageError, raise_usage_errors
 
 # List fields that also take the reference's one-word spellings `1,2,3` and `1_2_3` (parsed in the dataclass).
 INT_LIST_OPTIONS = ("patch_nums", "channel_multipliers")
@@ -25,7 +25,7 @@ def build_parser(dataclass_types: Sequence[type], prog: str, description: str):
         action.option_strings.sort(key=lambda option: "_" in option)  # help shows --x-y; --x_y is accepted too
         if action.dest in INT_LIST_OPTIONS:
             action.type = str
-    return parser
+    return raise_usage_errors(parser)  # one-line errors through run_command, like every other command
 
 
 def parse_training_command(dataclass_types: Sequence[type], argv: Optional[List[str]], prog: str,
