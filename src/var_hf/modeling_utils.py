@@ -6,7 +6,8 @@ missing at random, dropping what is unexpected and logging a table; a folder who
 depth-2 weights would load as a model with one random block. [`VARHFPreTrainedModel`] refuses instead: any missing,
 unexpected or (unless `ignore_mismatched_sizes=True` is passed explicitly) mismatched key is an error that names the
 keys and the likely cause. The check runs in transformers' load-time hook `_finalize_model_loading`, before anything
-is initialised (or, for a transformers without that hook, on the loading report `from_pretrained` returns). An
+is initialised, and again on the loading report `from_pretrained` returns (in case a transformers version stops calling
+the hook). An
 unreadable weight file (truncated, not safetensors) is an error that names the file. The configuration side (no
 config.json, another model's config.json, wrongly typed fields) is checked by `configuration_utils.VARHFConfig`.
 
@@ -60,17 +61,22 @@ def _shape(shape) -> Tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-def check_loading_info(model: "VARHFPreTrainedModel", source, loading_info, ignore_mismatched_sizes: bool = False):
+def check_loading_info(
+    model: "VARHFPreTrainedModel", source, loading_info, ignore_mismatched_sizes: bool = False, warn: bool = True
+):
     """Raise `WeightsMismatchError` if `loading_info` (transformers' `LoadStateDictInfo` or its dict form) reports any
-    missing or unexpected key, or a mismatched shape that the caller did not explicitly accept."""
+    missing or unexpected key, or a mismatched shape that the caller did not explicitly accept (those accepted are
+    logged when `warn`)."""
     info = loading_info if isinstance(loading_info, dict) else loading_info.to_dict()
     missing, unexpected = set(info.get("missing_keys") or ()), set(info.get("unexpected_keys") or ())
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched and ignore_mismatched_sizes and not (missing or unexpected):
-        logger.warning(
-            f"{type(model).__name__} from {source}: {len(mismatched)} weights have other shapes in the checkpoint and "
-            f"start from random values, as ignore_mismatched_sizes=True asked: {_first_keys(k for k, *_ in mismatched)}."
-        )
+        if warn:
+            logger.warning(
+                f"{type(model).__name__} from {source}: {len(mismatched)} weights have other shapes in the checkpoint "
+                f"and start from random values, as ignore_mismatched_sizes=True asked: "
+                f"{_first_keys(k for k, *_ in mismatched)}."
+            )
         mismatched = []
     if not (missing or unexpected or mismatched):
         return
@@ -194,10 +200,10 @@ class VARHFPreTrainedModel(PreTrainedModel):
             if type(error).__name__ == "SafetensorError":
                 raise unreadable_weights_error(pretrained_model_name_or_path, kwargs.get("subfolder"), error) from error
             raise
-        if not hasattr(PreTrainedModel, "_finalize_model_loading"):  # transformers without the load-time hook
-            check_loading_info(
-                model, pretrained_model_name_or_path, loading_info, kwargs.get("ignore_mismatched_sizes", False)
-            )
+        # Again on the returned report, in case a transformers version stops calling the hook (no second warning).
+        check_loading_info(
+            model, pretrained_model_name_or_path, loading_info, kwargs.get("ignore_mismatched_sizes", False), warn=False
+        )
         return (model, loading_info) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving
