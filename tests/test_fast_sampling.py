@@ -155,7 +155,7 @@ def test_generate_command_fast_path_switch_gives_the_same_images(pipe, tmp_path)
     import numpy as np
     import PIL.Image
 
-    from var_hf.cli import main as cli_main
+    from var_hf.commands.var_hf_cli import main as cli_main
 
     pipe.save_pretrained(tmp_path / "model")
     outputs = {}
