@@ -204,8 +204,12 @@ def make_sample_grid(pipe, class_ids: Sequence[int], seed: int = 0, min_tile: in
     from diffusers.utils import make_image_grid
 
     generators = [torch.Generator(device=pipe._execution_device).manual_seed(seed + i) for i in range(len(class_ids))]
+    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # a card's grid is a side job: no bar at the end of training
-    images = pipe(class_labels=list(class_ids), generator=generators, output_type="pil", **call_kwargs).images
+    try:
+        images = pipe(class_labels=list(class_ids), generator=generators, output_type="pil", **call_kwargs).images
+    finally:
+        pipe._progress_bar_config = bar_config  # the caller's pipeline keeps its own setting
     side = images[0].width
     if side < min_tile:
         scale = -(-min_tile // side)
