@@ -36,6 +36,7 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: Optional[str] = Non
     ...     _ = f.write("hi")
     >>> open(path).read()
     'hi'
+
     ```
     """
     if "w" not in mode:
