@@ -339,6 +339,7 @@ def test_validate_space_app_names_the_broken_file(tmp_path):
         (["--port", "70000"], "--port must lie in 1..65535"),
         (["--max-images", "0"], "--max-images must be >= 1"),
         (["--share", "maybe"], "invalid choice"),
+        (["--num-threads", "0"], "--num-threads must be >= 1"),
     ],
 )
 def test_demo_command_rejects_bad_arguments_before_loading(argv, match):

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from var_hf import DEFAULT_MODEL, VARPipeline
+from var_hf.demo.app import enlarge
 from var_hf.demo.browser import LOOPBACK_HOSTS, DemoPage, free_port, missing_browser_requirements
 from var_hf.scale_strip import make_scale_strip, scale_labels
 
@@ -37,7 +38,8 @@ SERVER_START_TIMEOUT = 180  # importing torch and gradio on a busy 2-core machin
 
 
 class DemoServer:
-    """`python -m var_hf.commands.demo --port P` in an empty working folder, with its own HOME and TMPDIR."""
+    """`python -m var_hf.commands.demo --port P --num-threads 1` in an empty working folder, with its own HOME and
+    TMPDIR (one thread: on a small busy machine, oversubscribed threads make the tiny model many times slower)."""
 
     def __init__(self, root):
         self.cwd, self.home, self.tmp = (root / name for name in ("cwd", "home", "tmp"))
@@ -48,7 +50,7 @@ class DemoServer:
         env.update(HOME=str(self.home), TMPDIR=str(self.tmp), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                    OMP_NUM_THREADS="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "var_hf.commands.demo", "--port", str(self.port)], cwd=self.cwd, env=env,
+            [sys.executable, "-m", "var_hf.commands.demo", "--port", str(self.port), "--num-threads", "1"], cwd=self.cwd, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.output, self.url = [], None
@@ -134,6 +136,11 @@ def test_generate_and_edit_in_a_real_browser(server, tmp_path):
         assert edit["status"].startswith("Regenerated"), edit["status"]
         assert "as Bag" in edit["status"]
         assert (edit["strip"]["width"], edit["strip"]["height"]) == strip_size
+        # The input shown is the uploaded image as the pipeline resizes and crops it (shown enlarged).
+        seen = pipe.image_processor.postprocess(
+            pipe.image_processor.preprocess(PIL.Image.open(garment_path).convert("RGB"), height=res, width=res,
+                                            resize_mode="crop"), output_type="pil")[0]
+        assert np.array_equal(_fetch_image(edit["input"]["src"]), np.asarray(enlarge(seen)))
         mask = _fetch_image(edit["mask"]["src"])[..., 0] > 127
         assert 0 < mask.mean() < 0.6, "the painted band should be white in the mask, the rest black"
         result_image = _fetch_image(edit["result"]["src"])

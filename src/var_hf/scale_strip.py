@@ -52,7 +52,7 @@ class ScaleStripRecorder:
     Pass it as `callback_on_step_end` with `callback_on_step_end_tensor_inputs=recorder.tensor_inputs` (`["f_hat"]`):
     after each scale the running `f_hat` is decoded with `pipe.decode_latents`, the decoder the pipeline uses for its
     output, so the last estimate is the output image. If the call also asks for `"image_estimate"` (the pipeline's own
-    decoded preview), that is used instead of decoding twice. `f_hat` is returned unchanged.
+    decoded preview), that is used instead of decoding twice. It returns `{}`: nothing of the pipeline's state is replaced.
 
     When the pipeline samples in several chunks (`max_batch_size`), the callback runs once per scale for every chunk;
     step index 0 starts a new chunk, and the chunks are joined in batch order. Use one recorder per call (or `reset()`).
@@ -75,6 +75,7 @@ class ScaleStripRecorder:
         self._chunks = []
 
     def __call__(self, pipe, step_index: int, timestep, callback_kwargs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Record this scale's estimate (diffusers' callback signature; `timestep` is the scale index)."""
         if "image_estimate" in callback_kwargs:
             images_B3HW = callback_kwargs["image_estimate"]
         elif "f_hat" in callback_kwargs:
@@ -96,7 +97,7 @@ class ScaleStripRecorder:
         if self.on_scale is not None:
             num_scales = getattr(getattr(pipe, "scheduler", None), "num_scales", None)
             self.on_scale(step_index, num_scales)
-        return callback_kwargs
+        return {}
 
     @property
     def num_scales(self) -> int:

@@ -27,6 +27,8 @@ def build_parser(prog: str = "var-hf demo") -> CLIArgumentParser:
                         help="also ask Gradio for a temporary public link (contacts gradio.live)")
     parser.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
     parser.add_argument("--max-images", type=int, default=16, help="most images one Generate may ask for")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch CPU threads (torch.set_num_threads); 1 is fastest for small models on busy machines")
     add_common_arguments(parser)
     return parser
 
@@ -37,12 +39,18 @@ def main(argv: Optional[List[str]] = None, prog: str = "var-hf demo") -> int:
         raise UsageError(f"--port must lie in 1..65535, got {args.port}.")
     if args.max_images < 1:
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}.")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise UsageError(f"--num-threads must be >= 1, got {args.num_threads}.")
     if args.model is not None and os.path.exists(args.model) and not os.path.isdir(args.model):
         raise UsageError(f"--model {args.model} is a file; pass a pipeline folder (with model_index.json) or a Hub repo id.")
     if importlib.util.find_spec("gradio") is None:
         raise RuntimeError('var-hf demo needs Gradio, which is not installed: pip install "var_hf[demo]"')
 
     configure_logging(args.verbose)
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     from var_hf.demo.app import launch_demo
 
     running = launch_demo(

@@ -336,7 +336,7 @@ def build_demo(pipe, title: str = "VAR: next-scale prediction", max_images: int 
                     gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain", elem_id="gen-gallery",
                                          elem_classes=["var-hf-pixels"], format="png")
                     strips = gr.Gallery(label="Scale strips, coarse to fine (in the order of the images)", columns=2, height="auto", object_fit="contain",
-                                        elem_id="gen-strips", elem_classes=["var-hf-pixels"], format="png")
+                                        elem_id="gen-strips", format="png")
 
         with gr.Tab("Edit", id="edit"):
             with gr.Row():
@@ -344,7 +344,7 @@ def build_demo(pipe, title: str = "VAR: next-scale prediction", max_images: int 
                     editor = gr.ImageEditor(
                         label="Image: paint the region to regenerate", type="pil", image_mode="RGBA",
                         sources=("upload", "clipboard"), brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
-                        layers=False, elem_id="edit-editor",
+                        layers=False, format="png", elem_id="edit-editor",
                     )
                     example_button = gr.Button("Load an example", size="sm", elem_id="edit-example")
                     region = gr.Radio(list(REGIONS), value="painted only", label="Also regenerate", elem_id="edit-region")
@@ -363,7 +363,7 @@ def build_demo(pipe, title: str = "VAR: next-scale prediction", max_images: int 
                         result_view = gr.Image(label="Result (enlarged)", interactive=False, elem_id="edit-result",
                                                elem_classes=["var-hf-pixels"], format="png")
                     edit_strip = gr.Image(label="Scale strip (coarse to fine)", interactive=False, elem_id="edit-strip",
-                                          elem_classes=["var-hf-pixels"], format="png")
+                                          format="png")
 
         def on_generate(class_choice, seed_value, n, g, k, p, s, progress=gr.Progress()):
             out = run_generate(pipe, class_choice, seed_value, n, g, k, p, s, progress=progress, max_images=max_images)

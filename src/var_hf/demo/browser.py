@@ -191,8 +191,16 @@ class DemoPage:
         strips = self.loaded_images("#gen-strips img", num_images)
         return {"class": chosen, "status": status, "images": images, "strips": strips}
 
-    def paint(self, elem_id: str, stroke=((-0.25, 0.0), (0.25, 0.0), (0.25, 0.1), (-0.25, 0.1))):
-        """Drag the brush along `stroke`, points relative to the canvas centre in fractions of its size."""
+    def editor_zoom(self, elem_id: str) -> str:
+        """The image editor's zoom read-out ("113%"), which changes when it fits a new image into view."""
+        return self.driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0])).filter(e => e.children.length === 0)"
+            ".map(e => e.textContent.trim()).find(t => /^[0-9]+%$/.test(t)) || ''", f"#{elem_id} *"
+        )
+
+    def paint(self, elem_id: str, stroke=((-0.25, 0.0), (0.25, 0.0))):
+        """Drag the brush along `stroke`, points relative to the canvas centre in fractions of its size (the brush
+        draws straight segments between pointer events, so a few points make a band)."""
         from selenium.webdriver.common.action_chains import ActionChains
 
         brush = [b for b in self.find(f"#{elem_id} button") if (b.get_attribute("aria-label") or "") == "Brush"]
@@ -202,9 +210,8 @@ class DemoPage:
         width, height = canvas.size["width"], canvas.size["height"]
         points = [(round(x * width), round(y * height)) for x, y in stroke]
         actions = ActionChains(self.driver).move_to_element_with_offset(canvas, *points[0]).click_and_hold()
-        for a, b in zip(points, points[1:]):
-            for t in (0.25, 0.5, 0.75, 1.0):  # several moves per segment: the brush draws between pointer events
-                actions.move_to_element_with_offset(canvas, round(a[0] + t * (b[0] - a[0])), round(a[1] + t * (b[1] - a[1])))
+        for point in points[1:]:
+            actions.move_to_element_with_offset(canvas, *point)
         actions.release().perform()
 
     def edit(self, image_path: str, class_name: str = "unconditional", region: Optional[str] = None, paint: bool = True) -> Dict:
@@ -212,9 +219,11 @@ class DemoPage:
         input, mask, result and strip."""
         self.tab("Edit")
         upload = self.wait(lambda d: self.find("#edit-editor input[type=file]") or None)[0]
+        zoom = self.editor_zoom("edit-editor")
         upload.send_keys(os.path.abspath(image_path))
-        self.wait(lambda d: len(self.find("#edit-editor canvas")) > 0, message="the uploaded image did not show")
-        time.sleep(0.5)  # the editor lays the image out on its canvas
+        # The editor fits its view to the uploaded image once it has it: painting before that paints a blank canvas.
+        self.wait(lambda d: self.editor_zoom("edit-editor") not in ("", zoom), message="the uploaded image did not show")
+        time.sleep(0.5)
         if paint:
             self.paint("edit-editor")
         if region is not None:
