@@ -17,7 +17,7 @@ from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments,
 
 
 def build_parser(prog: str = "var-hf demo") -> CLIArgumentParser:
-    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = CLIArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
     parser.add_argument("--model", default=None,
                         help="pipeline folder or Hub repo id; default: the bundled Fashion-MNIST model")
     parser.add_argument("--host", default="127.0.0.1",
@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "var-hf demo") -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
-    from var_hf.demo.app import launch_demo
+    from var_hf.demo.app import block_until_stopped, launch_demo
 
     running = launch_demo(
         model=args.model, host=args.host, port=args.port, share=args.share == "yes", device=args.device,
@@ -60,9 +60,8 @@ def main(argv: Optional[List[str]] = None, prog: str = "var-hf demo") -> int:
     try:
         print(f"{prog}: serving {args.model or 'the bundled Fashion-MNIST model'} on {running.url} (Ctrl+C to stop)",
               flush=True)
-        running.demo.block_thread()
     finally:
-        running.close()
+        block_until_stopped(running)  # also on SIGTERM; removes the temporary folder
     return 0
 
 

@@ -13,7 +13,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -463,11 +465,25 @@ def serve(
         raise
     running = RunningDemo(demo=demo, url=share_url or url, temp_dir=temp_dir)
     if block:
-        try:
-            demo.block_thread()
-        finally:
-            running.close()
+        block_until_stopped(running)
     return running
+
+
+def block_until_stopped(running: RunningDemo):
+    """Serve until Ctrl+C or SIGTERM (`kill`, `timeout`, container stops), then close the server and remove its
+    temporary folder. SIGTERM is turned into the KeyboardInterrupt Gradio already handles (main thread only)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        running.demo.block_thread()
+    finally:
+        running.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def launch_demo(
@@ -498,6 +514,7 @@ __all__ = [
     "REGIONS",
     "RunningDemo",
     "UNCONDITIONAL",
+    "block_until_stopped",
     "build_demo",
     "class_choices",
     "class_label_from_choice",
