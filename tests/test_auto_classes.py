@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from var_hf.modeling_utils import AUTO_SHIM_FILE, add_auto_class_files, write_pipeline_auto_files
+from var_hf.modeling_utils import AUTO_SHIM_FILE, add_auto_class_files, pipeline_auto_map
 
 
-def _run(code: str, tmp_path, timeout: int = 300) -> str:
+def _run(code: str, tmp_path, timeout: int = 300, stderr: bool = False):
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -25,7 +25,7 @@ def _run(code: str, tmp_path, timeout: int = 300) -> str:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return (result.stdout, result.stderr) if stderr else result.stdout
 
 
 # In the child: what was loaded, and proof that var_hf was not imported before the Auto class ran.
@@ -46,12 +46,7 @@ print(type(model).__module__ + "." + type(model).__name__)
 @pytest.fixture(scope="module")
 def saved_pipeline(tiny_pipeline, tmp_path_factory):
     folder = tmp_path_factory.mktemp("auto") / "pipe"
-    tiny_pipeline.save_pretrained(folder)
-    # What a pipeline's save_pretrained adds at the root (transformers looks there even with subfolder=).
-    index_path = folder / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["auto_map"] = write_pipeline_auto_files(folder, [type(tiny_pipeline.transformer), type(tiny_pipeline.vqvae)])
-    index_path.write_text(json.dumps(index))
+    tiny_pipeline.save_pretrained(folder)  # nothing added by hand: what every saved pipeline holds
     return folder
 
 
@@ -61,6 +56,28 @@ def test_save_pretrained_writes_auto_map_and_its_module(saved_pipeline):
         assert config["auto_map"]["AutoModel"] == f"var_hf_auto.{model_class}"
         source = (saved_pipeline / component / AUTO_SHIM_FILE).read_text()
         assert f"import {model_class}" in source and f"Component = {model_class}" in source
+    # At the root: transformers looks for auto_map modules there even with subfolder=, and diffusers' AutoModel
+    # with subfolder= reads auto_map from model_index.json.
+    index = json.loads((saved_pipeline / "model_index.json").read_text())
+    assert index["auto_map"] == pipeline_auto_map()
+    root_source = (saved_pipeline / AUTO_SHIM_FILE).read_text()
+    assert "import VARTransformer" in root_source and "import MultiScaleVQVAE" in root_source
+
+
+def test_loading_a_pipeline_ignores_auto_map_without_warnings(saved_pipeline, tmp_path):
+    # auto_map is for the Auto classes, not a pipeline argument: no "not expected" warning from any loader.
+    code = (
+        "import diffusers, var_hf\n"
+        "from diffusers.utils import logging\n"
+        "logging.set_verbosity_warning()\n"
+        f"pipe = var_hf.VARPipeline.from_pretrained({str(saved_pipeline)!r})\n"
+        f"generic = diffusers.DiffusionPipeline.from_pretrained({str(saved_pipeline)!r}, trust_remote_code=True)\n"
+        "assert 'auto_map' not in pipe.config and 'auto_map' not in generic.config\n"
+        "print(type(generic).__name__)\n"
+    )
+    stdout, stderr = _run(code, tmp_path, stderr=True)
+    assert stdout.strip() == "VARPipeline"
+    assert "auto_map" not in stderr and "not expected" not in stderr, stderr
 
 
 FRESH_FORMS = [

@@ -11,7 +11,7 @@ the sampling loop. Every check names the parameter and runs before any model wor
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 import PIL.Image

@@ -8,6 +8,11 @@
   `pipeline.py` that imports var_hf's pipeline, and `_class_name: ["pipeline", "VARPipeline"]` in `model_index.json`,
   the form diffusers reads for pipelines whose code lives with the weights (as Hub community pipelines do).
   `VARPipeline.from_pretrained` reads that entry as its own class and never runs the file.
+- Components on their own: `save_pretrained` also writes the root `var_hf_auto.py` and `auto_map` in
+  `model_index.json` ([`var_hf.modeling_utils.write_pipeline_auto_files`]), so that
+  `transformers.AutoModel.from_pretrained(folder, subfolder="transformer", trust_remote_code=True)` and
+  `diffusers.AutoModel.from_pretrained(folder, subfolder="vqvae", trust_remote_code=True)` work in a process that has
+  not imported var_hf. Loading the pipeline drops `auto_map` (no `__init__` argument of the pipeline).
 """
 
 import importlib
@@ -16,6 +21,7 @@ import os
 from typing import Dict, Optional
 
 from var_hf.file_utils import write_text_atomically
+from var_hf.modeling_utils import VARHFPreTrainedModel, pipeline_auto_map, write_pipeline_auto_files
 
 GENERIC_LOADER_MODULE = "pipeline"
 GENERIC_LOADER_CLASS = "VARPipeline"
@@ -25,6 +31,8 @@ generic loader (`pip install var-hf`); `var_hf.VARPipeline.from_pretrained(<this
 from var_hf.pipelines.pipeline_var import VARPipeline  # noqa: F401
 '''
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "proxies")
+# The model_index.json key for diffusers' `AutoModel` (written on save, dropped on load).
+AUTO_MAP_KEY = "auto_map"
 
 
 def generic_class_name(class_name: str) -> list:
@@ -123,24 +131,45 @@ class VARPipelineLoadingMixin:
         read_generic_class_name(loaded[0] if isinstance(loaded, tuple) else loaded, GENERIC_LOADER_CLASS)
         return loaded
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' `extract_init_dict` without `auto_map` (for the Auto classes, not an `__init__` argument):
+        diffusers would warn about it twice on every load, through any loader."""
+        config_dict = {key: value for key, value in config_dict.items() if key != AUTO_MAP_KEY}
+        return super().extract_init_dict(config_dict, **kwargs)
+
     def _saves_generic_loader(self) -> bool:
         return type(self).__name__ == GENERIC_LOADER_CLASS  # subclasses save as themselves
 
+    def _auto_model_classes(self) -> list:
+        """The var_hf model classes among the components (in component-name order, each once)."""
+        classes = []
+        for name in sorted(self.components):
+            component_class = type(self.components[name])
+            if issubclass(component_class, VARHFPreTrainedModel) and component_class not in classes:
+                classes.append(component_class)
+        return classes
+
     def save_pretrained(self, save_directory, **kwargs):
-        """diffusers' `save_pretrained`, plus `pipeline.py` for diffusers' generic loader."""
+        """diffusers' `save_pretrained`, plus `pipeline.py` for diffusers' generic loader and the root
+        `var_hf_auto.py` + `auto_map` for the Auto classes (see the module docstring)."""
         os.makedirs(save_directory, exist_ok=True)
         if self._saves_generic_loader():
             write_text_atomically(os.path.join(save_directory, f"{GENERIC_LOADER_MODULE}.py"), GENERIC_LOADER_SOURCE)
+        write_pipeline_auto_files(save_directory, self._auto_model_classes())
         super().save_pretrained(save_directory, **kwargs)
 
     def to_json_string(self) -> str:
         config = json.loads(super().to_json_string())
         if self._saves_generic_loader():
             config["_class_name"] = generic_class_name(GENERIC_LOADER_CLASS)
+        if self._auto_model_classes():  # save_pretrained writes the module it names
+            config[AUTO_MAP_KEY] = pipeline_auto_map()
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 __all__ = [
+    "AUTO_MAP_KEY",
     "GENERIC_LOADER_CLASS",
     "GENERIC_LOADER_MODULE",
     "GENERIC_LOADER_SOURCE",

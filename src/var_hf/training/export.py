@@ -5,7 +5,7 @@ import copy
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
