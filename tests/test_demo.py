@@ -225,6 +225,15 @@ def test_run_edit_errors_are_shown_not_raised(pipe):
     assert out.result is None and "Top-k must be a whole number from 0" in out.message
 
 
+def test_example_image_is_an_enlarged_sample_of_the_model(pipe):
+    from var_hf.demo.app import example_image
+
+    image = example_image(pipe, "3", seed=4, size=64)
+    sample = pipe(class_labels=3, generator=torch.Generator().manual_seed(4)).images[0]
+    assert image.size == (64, 64)
+    assert np.array_equal(np.asarray(image), np.asarray(enlarge(sample, 64)))
+
+
 def test_enlarge_is_a_whole_nearest_factor():
     image = PIL.Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
     big = enlarge(image, 10)

@@ -3,7 +3,7 @@
 VAR predicts a whole token map per step (1x1, 2x2, ... tokens). After scale k the running sum `f_hat` of the
 upsampled code maps decodes to an image that already has the final layout at the coarse scales' resolution; the last
 estimate is the output image itself. `ScaleStripRecorder` collects these estimates as the pipeline's
-`callback_on_step_end` (diffusers' contract: `callback(pipe, step_index, timestep, callback_kwargs) -> callback_kwargs`),
+`callback_on_step_end` (diffusers' contract: `callback(pipe, step_index, timestep, callback_kwargs) -> dict`),
 and `make_scale_strip` draws one image's estimates as a strip.
 
 Example:
@@ -52,7 +52,8 @@ class ScaleStripRecorder:
     Pass it as `callback_on_step_end` with `callback_on_step_end_tensor_inputs=recorder.tensor_inputs` (`["f_hat"]`):
     after each scale the running `f_hat` is decoded with `pipe.decode_latents`, the decoder the pipeline uses for its
     output, so the last estimate is the output image. If the call also asks for `"image_estimate"` (the pipeline's own
-    decoded preview), that is used instead of decoding twice. It returns `{}`: nothing of the pipeline's state is replaced.
+    decoded preview), that is used instead of decoding twice. It returns `{}`: nothing of the pipeline's state is
+    replaced.
 
     When the pipeline samples in several chunks (`max_batch_size`), the callback runs once per scale for every chunk;
     step index 0 starts a new chunk, and the chunks are joined in batch order. Use one recorder per call (or `reset()`).
@@ -74,7 +75,7 @@ class ScaleStripRecorder:
     def reset(self):
         self._chunks = []
 
-    def __call__(self, pipe, step_index: int, timestep, callback_kwargs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def __call__(self, pipe, step_index: int, timestep, callback_kwargs: Dict[str, torch.Tensor]) -> Dict:
         """Record this scale's estimate (diffusers' callback signature; `timestep` is the scale index)."""
         if "image_estimate" in callback_kwargs:
             images_B3HW = callback_kwargs["image_estimate"]
@@ -109,7 +110,9 @@ class ScaleStripRecorder:
             raise ValueError("ScaleStripRecorder has recorded nothing; pass it as the pipeline's callback_on_step_end.")
         lengths = {len(chunk) for chunk in self._chunks}
         if len(lengths) != 1:
-            raise ValueError(f"The recorded chunks hold different numbers of scales ({sorted(lengths)}); the call was cut short.")
+            raise ValueError(
+                f"The recorded chunks hold different numbers of scales ({sorted(lengths)}); the call was cut short."
+            )
         return [torch.cat(per_scale, dim=0) for per_scale in zip(*self._chunks)]
 
     def images_per_image(self) -> List[List[PIL.Image.Image]]:
@@ -154,7 +157,9 @@ def make_scale_strip(
         raise ValueError("make_scale_strip needs at least one image (one estimate per scale).")
     if not all(isinstance(im, PIL.Image.Image) for im in images):
         kinds = sorted({type(im).__name__ for im in images})
-        raise ValueError(f"make_scale_strip takes PIL images (e.g. ScaleStripRecorder.images_per_image()), got {kinds}.")
+        raise ValueError(
+            f"make_scale_strip takes PIL images (e.g. ScaleStripRecorder.images_per_image()), got {kinds}."
+        )
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"Got {len(labels)} labels for {len(images)} estimates; pass one label per scale or none.")
     if tile_size is None:
@@ -167,7 +172,8 @@ def make_scale_strip(
     font = _label_font(max(10, tile_size // 6)) if labels is not None else None
     label_height = 0
     if font is not None:
-        label_height = max(PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)[3] for text in labels)
+        measure = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+        label_height = max(measure.textbbox((0, 0), text, font=font)[3] for text in labels)
         label_height += padding
     width = len(images) * (tile_size + padding) + padding
     height = tile_size + 2 * padding + label_height
@@ -178,7 +184,8 @@ def make_scale_strip(
         strip.paste(image.convert("RGB").resize((tile_size, tile_size), PIL.Image.NEAREST), (x, padding))
         if font is not None:
             text_width = draw.textlength(labels[k], font=font)
-            draw.text((x + (tile_size - text_width) / 2, 2 * padding + tile_size), labels[k], fill=text_color, font=font)
+            position = (x + (tile_size - text_width) / 2, 2 * padding + tile_size)
+            draw.text(position, labels[k], fill=text_color, font=font)
     return strip
 
 

@@ -28,7 +28,8 @@ def build_parser(prog: str = "var-hf demo") -> CLIArgumentParser:
     parser.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
     parser.add_argument("--max-images", type=int, default=16, help="most images one Generate may ask for")
     parser.add_argument("--num-threads", type=int, default=None,
-                        help="torch CPU threads (torch.set_num_threads); 1 is fastest for small models on busy machines")
+                        help="torch CPU threads (torch.set_num_threads); 1 is fastest for small models on busy "
+                             "machines")
     add_common_arguments(parser)
     return parser
 
@@ -42,7 +43,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "var-hf demo") -> int:
     if args.num_threads is not None and args.num_threads < 1:
         raise UsageError(f"--num-threads must be >= 1, got {args.num_threads}.")
     if args.model is not None and os.path.exists(args.model) and not os.path.isdir(args.model):
-        raise UsageError(f"--model {args.model} is a file; pass a pipeline folder (with model_index.json) or a Hub repo id.")
+        raise UsageError(
+            f"--model {args.model} is a file; pass a pipeline folder (with model_index.json) or a Hub repo id."
+        )
     if importlib.util.find_spec("gradio") is None:
         raise RuntimeError('var-hf demo needs Gradio, which is not installed: pip install "var_hf[demo]"')
 

@@ -40,7 +40,9 @@ REGIONS: Dict[str, Tuple[Tuple[float, float, float, float], ...]] = {
     "right half": ((0.0, 0.5, 1.0, 1.0),),
     "top half": ((0.0, 0.0, 0.5, 1.0),),
     "bottom half": ((0.5, 0.0, 1.0, 1.0),),
-    "outside the centre (outpaint)": ((0.0, 0.0, 0.25, 1.0), (0.75, 0.0, 1.0, 1.0), (0.0, 0.0, 1.0, 0.25), (0.0, 0.75, 1.0, 1.0)),
+    "outside the centre (outpaint)": (
+        (0.0, 0.0, 0.25, 1.0), (0.75, 0.0, 1.0, 1.0), (0.0, 0.0, 1.0, 0.25), (0.0, 0.75, 1.0, 1.0),
+    ),
 }
 # Small images are shown enlarged and stay crisp (pixelated); strips keep their own aspect ratio in the gallery.
 CSS = """
@@ -168,10 +170,14 @@ def run_generate(
 ) -> GenerateResult:
     """Sample `num_images` images of one class and each image's scale strip. Errors come back as the message."""
     try:
-        kwargs = sampling_kwargs(pipe, class_choice, seed, guidance_scale, top_k, top_p, more_smooth, num_images, max_images)
+        kwargs = sampling_kwargs(
+            pipe, class_choice, seed, guidance_scale, top_k, top_p, more_smooth, num_images, max_images
+        )
         recorder = ScaleStripRecorder(on_scale=_progress_hook(pipe, progress))
         start = time.perf_counter()
-        images = pipe(**kwargs, callback_on_step_end=recorder, callback_on_step_end_tensor_inputs=recorder.tensor_inputs).images
+        images = pipe(
+            **kwargs, callback_on_step_end=recorder, callback_on_step_end_tensor_inputs=recorder.tensor_inputs
+        ).images
         seconds = time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - the page shows one line, never a traceback
         if not isinstance(err, ValueError):
@@ -280,7 +286,10 @@ def run_edit(
     strip = make_scale_strip(recorder.images_per_image()[0], labels=names)
     label = _class_name(pipe, kwargs["class_labels"])
     covered = np.asarray(mask_seen.convert("L"), dtype=np.float32).mean() / 255
-    message = f"Regenerated {covered:.0%} of the image as **{_escape_markdown(label)}**, scale by scale: {' → '.join(names)}."
+    message = (
+        f"Regenerated {covered:.0%} of the image as **{_escape_markdown(label)}**, scale by scale: "
+        f"{' → '.join(names)}."
+    )
     return EditResult(image=seen, mask=mask_seen.convert("RGB"), result=result, strip=strip, message=message)
 
 
@@ -291,7 +300,8 @@ def _display(image: Optional[PIL.Image.Image]) -> Optional[PIL.Image.Image]:
 def example_image(pipe, class_choice=None, seed: int = 0, size: int = 256) -> PIL.Image.Image:
     """A sample of the model, enlarged (nearest) to `size` pixels so it is comfortable to paint on."""
     label = class_label_from_choice(pipe, class_choice) if class_choice is not None else 0
-    image = pipe(class_labels=label, generator=torch.Generator(device=pipe._execution_device).manual_seed(seed)).images[0]
+    generator = torch.Generator(device=pipe._execution_device).manual_seed(seed)
+    image = pipe(class_labels=label, generator=generator).images[0]
     return enlarge(image, size)
 
 
@@ -319,25 +329,30 @@ def build_demo(pipe, title: str = "VAR: next-scale prediction", max_images: int 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             f"# {title}\n"
-            f"VAR draws an image coarse to fine, one whole token map per step: {' → '.join(scale_labels(patch_nums))} "
+            "VAR draws an image coarse to fine, one whole token map per step: "
+            f"{' → '.join(scale_labels(patch_nums))} "
             f"tokens, {res}x{res} pixels{f' ({model_name})' if model_name else ''}. The scale strip under each image "
             f"shows the image decoded after each scale."
         )
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    class_box = gr.Dropdown(choices, value=default_class, label="Class", filterable=True, elem_id="gen-class")
+                    class_box = gr.Dropdown(choices, value=default_class, label="Class", filterable=True,
+                                            elem_id="gen-class")
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="gen-seed")
+                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                         elem_id="gen-seed")
                         seed_button = gr.Button("Random seed", size="sm", elem_id="gen-random-seed")
                     num_images = gr.Slider(1, max_images, value=4, step=1, label="Number of images", elem_id="gen-num")
                     guidance, top_k, top_p, smooth = slider_row()
                     generate_button = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=2):
                     status = gr.Markdown(elem_id="gen-status")
-                    gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain", elem_id="gen-gallery",
+                    gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain",
+                                         elem_id="gen-gallery",
                                          elem_classes=["var-hf-pixels"], format="png")
-                    strips = gr.Gallery(label="Scale strips, coarse to fine (in the order of the images)", columns=2, height="auto", object_fit="contain",
+                    strips = gr.Gallery(label="Scale strips, coarse to fine (in the order of the images)", columns=2,
+                                        height="auto", object_fit="contain",
                                         elem_id="gen-strips", format="png")
 
         with gr.Tab("Edit", id="edit"):
@@ -349,18 +364,23 @@ def build_demo(pipe, title: str = "VAR: next-scale prediction", max_images: int 
                         layers=False, format="png", elem_id="edit-editor",
                     )
                     example_button = gr.Button("Load an example", size="sm", elem_id="edit-example")
-                    region = gr.Radio(list(REGIONS), value="painted only", label="Also regenerate", elem_id="edit-region")
-                    edit_class = gr.Dropdown(choices, value=UNCONDITIONAL, label="Class", filterable=True, elem_id="edit-class",
+                    region = gr.Radio(list(REGIONS), value="painted only", label="Also regenerate",
+                                      elem_id="edit-region")
+                    edit_class = gr.Dropdown(choices, value=UNCONDITIONAL, label="Class", filterable=True,
+                                             elem_id="edit-class",
                                              info="unconditional: inpaint/outpaint; a class: class-conditional edit")
-                    edit_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="edit-seed")
+                    edit_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                          elem_id="edit-seed")
                     e_guidance, e_top_k, e_top_p, e_smooth = slider_row()
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit-button")
                 with gr.Column(scale=2):
                     edit_status = gr.Markdown(elem_id="edit-status")
                     with gr.Row():
-                        seen = gr.Image(label="Input, as the model sees it (enlarged)", interactive=False, elem_id="edit-input",
+                        seen = gr.Image(label="Input, as the model sees it (enlarged)", interactive=False,
+                                        elem_id="edit-input",
                                         elem_classes=["var-hf-pixels"], format="png")
-                        mask_view = gr.Image(label="Mask, white = regenerated (enlarged)", interactive=False, elem_id="edit-mask",
+                        mask_view = gr.Image(label="Mask, white = regenerated (enlarged)", interactive=False,
+                                             elem_id="edit-mask",
                                              elem_classes=["var-hf-pixels"], format="png")
                         result_view = gr.Image(label="Result (enlarged)", interactive=False, elem_id="edit-result",
                                                elem_classes=["var-hf-pixels"], format="png")

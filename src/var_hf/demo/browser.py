@@ -18,8 +18,9 @@ from urllib.parse import urlparse
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-extensions",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 )
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -143,7 +144,8 @@ class DemoPage:
                 return None
             for image in images:
                 self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", image)
-            if not all(self.driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) for im in images):
+            script = "return arguments[0].complete && arguments[0].naturalWidth"
+            if not all(self.driver.execute_script(script, image) for image in images):
                 return None
             return images
 
@@ -161,7 +163,8 @@ class DemoPage:
 
     def busy(self, elem_id: str) -> bool:
         """Whether an event is still running for this output (Gradio shows its status tracker on it)."""
-        return any("hide" not in (t.get_attribute("class") or "").split() for t in self.find(f"#{elem_id} [data-testid=status-tracker]"))
+        trackers = self.find(f"#{elem_id} [data-testid=status-tracker]")
+        return any("hide" not in (tracker.get_attribute("class") or "").split() for tracker in trackers)
 
     def wait_for_status(self, elem_id: str, before: str) -> str:
         """After pressing a button: wait until the status box shows a new message and no event is running."""
@@ -214,7 +217,9 @@ class DemoPage:
             actions.move_to_element_with_offset(canvas, *point)
         actions.release().perform()
 
-    def edit(self, image_path: str, class_name: str = "unconditional", region: Optional[str] = None, paint: bool = True) -> Dict:
+    def edit(
+        self, image_path: str, class_name: str = "unconditional", region: Optional[str] = None, paint: bool = True
+    ) -> Dict:
         """Edit tab: upload `image_path`, paint a stroke, pick the class (and a region), press Edit, wait for the
         input, mask, result and strip."""
         self.tab("Edit")
@@ -222,7 +227,8 @@ class DemoPage:
         zoom = self.editor_zoom("edit-editor")
         upload.send_keys(os.path.abspath(image_path))
         # The editor fits its view to the uploaded image once it has it: painting before that paints a blank canvas.
-        self.wait(lambda d: self.editor_zoom("edit-editor") not in ("", zoom), message="the uploaded image did not show")
+        self.wait(lambda d: self.editor_zoom("edit-editor") not in ("", zoom),
+                  message="the uploaded image did not show")
         time.sleep(0.5)
         if paint:
             self.paint("edit-editor")
@@ -249,4 +255,12 @@ class DemoPage:
             f.write(png)
 
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "CHROMIUM_FLAGS", "DemoPage", "LOOPBACK_HOSTS", "free_port", "missing_browser_requirements"]
+__all__ = [
+    "CHROMEDRIVER",
+    "CHROMIUM",
+    "CHROMIUM_FLAGS",
+    "DemoPage",
+    "LOOPBACK_HOSTS",
+    "free_port",
+    "missing_browser_requirements",
+]

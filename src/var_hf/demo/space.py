@@ -31,7 +31,7 @@ DEFAULT_SDK_VERSION = "6.31.0"
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 MODEL_ENV = "VAR_HF_DEMO_MODEL"
 
-APP_TEMPLATE = '''"""VAR next-scale prediction demo on {model_id}: a Gradio app for Hugging Face Spaces (written by var_hf)."""
+APP_TEMPLATE = '''"""VAR next-scale prediction demo on {model_id}: a Gradio app for Hugging Face Spaces (by var_hf)."""
 
 import os
 
@@ -123,7 +123,9 @@ def write_space_app(
     paths = {name: os.path.join(folder, name) for name in SPACE_FILES}
     existing = [path for path in paths.values() if os.path.exists(path)]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass overwrite=True to replace the Space files.")
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist(s); pass overwrite=True to replace the Space files."
+        )
 
     app = APP_TEMPLATE.format(model_id=model_id, title=title, env=MODEL_ENV)
     compile(app, "app.py", "exec")  # a template mistake fails here, not on the Space
@@ -149,7 +151,9 @@ def validate_space_app(folder: str) -> Dict[str, str]:
 
     missing = [name for name in SPACE_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        raise ValueError(f"{folder} is not a complete Space app: {', '.join(missing)} missing (write_space_app writes them).")
+        raise ValueError(
+            f"{folder} is not a complete Space app: {', '.join(missing)} missing (write_space_app writes them)."
+        )
 
     with open(os.path.join(folder, "app.py"), encoding="utf-8") as f:
         source = f.read()
@@ -157,10 +161,12 @@ def validate_space_app(folder: str) -> Dict[str, str]:
         tree = ast.parse(source, "app.py")
     except SyntaxError as err:
         raise ValueError(f"{folder}/app.py does not parse: {err}") from None
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "var_hf.demo"
-                for alias in node.names}
+    imported = {alias.name for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module == "var_hf.demo" for alias in node.names}
     if not {"build_demo", "load_pipeline", "serve"} <= imported:
-        raise ValueError(f"{folder}/app.py does not serve var_hf.demo (it should import build_demo, load_pipeline, serve).")
+        raise ValueError(
+            f"{folder}/app.py does not serve var_hf.demo (it should import build_demo, load_pipeline, serve)."
+        )
     model_ids = [node.args[1].value for node in ast.walk(tree)
                  if isinstance(node, ast.Call) and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)
                  and node.args[0].value == MODEL_ENV and isinstance(node.args[1], ast.Constant)]
@@ -173,7 +179,9 @@ def validate_space_app(folder: str) -> Dict[str, str]:
     requirements = [_check_requirement(line) for line in lines]
     var_hf = [r for r in requirements if r.name.replace("-", "_").lower() == "var_hf"]
     if not var_hf or "demo" not in var_hf[0].extras:
-        raise ValueError(f"{folder}/requirements.txt must install var_hf with the demo extra ('var_hf[demo]...'), got {lines}.")
+        raise ValueError(
+            f"{folder}/requirements.txt must install var_hf with the demo extra ('var_hf[demo]...'), got {lines}."
+        )
 
     card = SpaceCard.load(os.path.join(folder, "README.md"))
     data = card.data
