@@ -16,6 +16,7 @@ first and renamed into place, so a failed run leaves nothing behind. An existing
 always refused.
 """
 
+import functools
 import math
 import os
 import pickle
@@ -24,7 +25,7 @@ import shutil
 import struct
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from transformers.utils import logging
@@ -76,11 +77,6 @@ VAR_DROPPED_KEYS = (r"blocks\.\d+\.attn\.zero_k_bias", r"lvl_1L", r"attn_bias_fo
 STATE_DICT_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
 # The official trainer's checkpoint (`ar-ckpt-last.pth`) holds both models under "trainer".
 TRAINER_KEYS = {"vae": "vae_local", "var": "var_wo_ddp"}
-# What a conversion writes into its output folder: only these may be replaced with `overwrite=True`.
-COMPONENT_FOLDERS = ("vqvae", "transformer", "scheduler")
-# (configs, weights, and the code files saved beside them for trust_remote_code loading)
-COMPONENT_FILE_PATTERN = re.compile(r"[\w.-]+\.(json|safetensors|py)")
-TOP_LEVEL_FILE_PATTERN = re.compile(r"model_index\.json|[\w-]+\.py")
 
 
 class ConversionError(ValueError):
@@ -435,21 +431,54 @@ def _is_within(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+@functools.lru_cache(maxsize=None)
+def files_a_conversion_writes() -> FrozenSet[str]:
+    """The paths (relative, `/`-separated) that a conversion writes into its output folder, of either kind (the VQVAE
+    alone, or a whole pipeline): only these may be replaced with `overwrite=True`. Read off a conversion of the
+    smallest models through the same [`save_conversion`], so the rule follows whatever `save_pretrained` writes
+    (weights, configs, the `pipeline.py` and `var_hf_auto.py` modules for diffusers' and transformers' loaders). Weight
+    files are never sharded at VAR's sizes (transformers shards above 50 GB)."""
+    from var_hf.modeling_var import VARTransformer
+    from var_hf.modeling_vqvae import MultiScaleVQVAE
+
+    patch_nums = (1, 2)
+    vqvae = MultiScaleVQVAE(MultiScaleVQVAEConfig(base_channels=32, channel_multipliers=(1,), num_res_blocks=1,
+                                                  vocab_size=2, vq_embed_dim=2, patch_nums=patch_nums))
+    transformer = VARTransformer(VARTransformerConfig(vocab_size=2, vq_embed_dim=2, num_classes=1, depth=1,
+                                                      embed_dim=8, num_heads=1, patch_nums=patch_nums))
+    written = set()
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # this save is not the user's
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind, models in (("vqvae", (vqvae, None)), ("pipeline", (vqvae, transformer))):
+                folder = os.path.join(tmp, kind)
+                save_conversion(folder, *models)
+                for root, _, names in os.walk(folder):
+                    written.update(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+                                   for name in names)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+    return frozenset(written)
+
+
 def _foreign_entries(output_dir: str) -> List[str]:
     """Entries of `output_dir` that a conversion does not write (relative paths)."""
+    allowed = files_a_conversion_writes()
+    allowed_folders = {path.split("/", 1)[0] for path in allowed if "/" in path}
     foreign = []
     for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
-        if TOP_LEVEL_FILE_PATTERN.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
-            continue
-        if name in COMPONENT_FOLDERS and os.path.isdir(path) and not os.path.islink(path):
+        if os.path.islink(path):
+            foreign.append(name)
+        elif os.path.isdir(path) and name in allowed_folders:
             for inner in sorted(os.listdir(path)):
                 inner_path = os.path.join(path, inner)
-                if not (COMPONENT_FILE_PATTERN.fullmatch(inner) and os.path.isfile(inner_path)
-                        and not os.path.islink(inner_path)):
+                if not (f"{name}/{inner}" in allowed and os.path.isfile(inner_path) and not os.path.islink(inner_path)):
                     foreign.append(f"{name}/{inner}")
-            continue
-        foreign.append(name)
+        elif not (os.path.isfile(path) and name in allowed):
+            foreign.append(name)
     return foreign
 
 
@@ -576,14 +605,17 @@ def convert(vae_path: str, var_path: Optional[str], output_dir: str, patch_nums=
     )
     numerical_check(vqvae, transformer, vae_path=vae_path, var_path=var_path)
 
-    def save(folder):
-        if transformer is None:
-            vqvae.save_pretrained(os.path.join(folder, "vqvae"))
-        else:
-            build_pipeline(vqvae, transformer).save_pretrained(folder)
-
-    write_atomically(output_dir, save, overwrite=overwrite, inputs=(vae_path, var_path))
+    write_atomically(output_dir, lambda folder: save_conversion(folder, vqvae, transformer), overwrite=overwrite,
+                     inputs=(vae_path, var_path))
     return vqvae, transformer
+
+
+def save_conversion(folder: str, vqvae, transformer=None):
+    """Write a conversion into `folder`: `vqvae/` alone, or the whole pipeline when there is a transformer."""
+    if transformer is None:
+        vqvae.save_pretrained(os.path.join(folder, "vqvae"))
+    else:
+        build_pipeline(vqvae, transformer).save_pretrained(folder)
 
 
 def build_pipeline(vqvae, transformer):
@@ -592,18 +624,6 @@ def build_pipeline(vqvae, transformer):
 
     scheduler = VARScaleScheduler(patch_nums=list(transformer.config.patch_nums))
     return VARPipeline(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
-
-
-def parse_patch_nums(text: Optional[str]) -> Optional[List[int]]:
-    """`"256"` / `"512"` -> the released schedules; `"1,2,4"` -> `[1, 2, 4]`; empty -> None (infer)."""
-    if not text:
-        return None
-    if text in ("256", "512"):
-        return list(PATCH_NUMS_256 if text == "256" else PATCH_NUMS_512)
-    try:
-        return [int(x) for x in text.replace("_", ",").split(",") if x.strip()]
-    except ValueError:
-        raise ConversionError(f"--patch-nums must be comma-separated integers or 256/512, got {text!r}.") from None
 
 
 __all__ = [
@@ -617,9 +637,10 @@ __all__ = [
     "convert",
     "convert_var",
     "convert_vqvae",
+    "files_a_conversion_writes",
     "load_reference_checkpoint",
     "numerical_check",
-    "parse_patch_nums",
+    "save_conversion",
 ]
 
 

@@ -346,6 +346,22 @@ def test_overwrite_replaces_a_previous_conversion(checkpoints, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders must be cleaned up"
 
 
+def test_overwrite_replaces_a_previous_pipeline_with_its_loader_modules(checkpoints, tmp_path):
+    """A full conversion over a full conversion: the root `pipeline.py` and `var_hf_auto.py` that save_pretrained
+    writes are a previous conversion's files; the allowed set is exactly what a conversion writes."""
+    from var_hf.conversion.convert_var_to_hf import files_a_conversion_writes
+
+    vqvae, transformer, vae_path, var_path = checkpoints
+    out_dir = tmp_path / "out"
+    argv = ["--vae", str(vae_path), "--var", str(var_path), "--output-dir", str(out_dir)]
+    assert main(argv) == 0
+    written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert {"pipeline.py", "var_hf_auto.py", "model_index.json"} <= written
+    assert written <= files_a_conversion_writes()
+    assert main(argv + ["--overwrite"]) == 0
+    assert_same_models(vqvae, transformer, out_dir)
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

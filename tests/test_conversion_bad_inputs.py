@@ -199,6 +199,16 @@ def test_overwrite_refuses_files_a_conversion_did_not_write(case, capsys):
     assert "--overwrite" in err
 
 
+def test_overwrite_refuses_code_files_a_conversion_did_not_write(case, capsys):
+    # A conversion writes pipeline.py and var_hf_auto.py at the root; any other .py there is the user's.
+    out_dir = case["tmp"] / "out_code"
+    (out_dir / "transformer").mkdir(parents=True)
+    (out_dir / "train.py").write_text("print('mine')\n")
+    (out_dir / "transformer" / "helpers.py").write_text("x = 1\n")
+    expect_error(capsys, case, ["--vae", case["vae"], "--var", case["var"], "--output-dir", out_dir, "--overwrite"],
+                 1, "train.py", "transformer/helpers.py", watch=[out_dir])
+
+
 def test_output_under_a_regular_file(case, capsys):
     blocker = case["tmp"] / "a_file"
     blocker.write_text("x")

@@ -19,8 +19,8 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "default_model")
 _LAZY_IMPORTS = {
     "MultiScaleVQVAEConfig": "var_hf.configuration_vqvae",
     "NAMED_VQVAE_CONFIGS": "var_hf.configuration_vqvae",
-    "PATCH_NUMS_256": "var_hf.configuration_vqvae",
-    "PATCH_NUMS_512": "var_hf.configuration_vqvae",
+    "PATCH_NUMS_256": "var_hf.patch_schedules",
+    "PATCH_NUMS_512": "var_hf.patch_schedules",
     "NAMED_VAR_CONFIGS": "var_hf.configuration_var",
     "VARTransformerConfig": "var_hf.configuration_var",
     "MultiScaleVQVAE": "var_hf.modeling_vqvae",
@@ -36,9 +36,10 @@ _LAZY_IMPORTS = {
 
 if TYPE_CHECKING:  # editors and type checkers see the real imports
     from .configuration_var import NAMED_VAR_CONFIGS, VARTransformerConfig
-    from .configuration_vqvae import NAMED_VQVAE_CONFIGS, PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAEConfig
+    from .configuration_vqvae import NAMED_VQVAE_CONFIGS, MultiScaleVQVAEConfig
     from .modeling_var import VARKVCache, VARTransformer, VARTransformerOutput
     from .modeling_vqvae import MultiScaleVQVAE, MultiScaleVQVAEOutput
+    from .patch_schedules import PATCH_NUMS_256, PATCH_NUMS_512
     from .pipelines import VARPipeline, VARPipelineOutput
     from .scheduling_var import VARScaleScheduler, VARSchedulerOutput
 

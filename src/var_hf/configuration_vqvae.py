@@ -14,12 +14,9 @@ from .configuration_utils import (
     check_int_list,
     check_patch_nums,
 )
-# check_float, check_int, check_int_list, check_patch_nums
+from .patch_schedules import PATCH_NUMS_256, PATCH_NUMS_512, parse_patch_nums  # noqa: F401  (re-exported)
 
 logger = logging.get_logger(__name__)
-
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
 class MultiScaleVQVAEConfig(VARHFConfig):
@@ -185,4 +182,4 @@ NAMED_VQVAE_CONFIGS = {
 # `modeling_utils`, which works without importing var_hf first).
 AutoConfig.register(MultiScaleVQVAEConfig.model_type, MultiScaleVQVAEConfig, exist_ok=True)
 
-__all__ = ["MultiScaleVQVAEConfig", "NAMED_VQVAE_CONFIGS", "PATCH_NUMS_256", "PATCH_NUMS_512"]
+__all__ = ["MultiScaleVQVAEConfig", "NAMED_VQVAE_CONFIGS", "PATCH_NUMS_256", "PATCH_NUMS_512", "parse_patch_nums"]

@@ -53,12 +53,18 @@ def build_parser(prog: str = "var-hf-convert") -> CLIArgumentParser:
 
 
 def run(args) -> int:
-    from var_hf.conversion.convert_var_to_hf import ConversionError, check_overrides, convert, parse_patch_nums
+    from var_hf.patch_schedules import parse_patch_nums
+
+    try:  # before the converter (and torch) is imported
+        patch_nums = parse_patch_nums(args.patch_nums, "--patch-nums") if args.patch_nums else None  # None: infer
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+    from var_hf.conversion.convert_var_to_hf import ConversionError, check_overrides, convert
 
     overrides = dict(depth=args.depth, num_heads=args.num_heads, shared_aln=args.shared_aln,
                      attn_l2_norm=args.attn_l2_norm, num_classes=args.num_classes, norm_eps=args.norm_eps)
     try:
-        patch_nums = parse_patch_nums(args.patch_nums)
         check_overrides(patch_nums=patch_nums, quant_resi=args.quant_resi, **overrides)
     except ConversionError as err:
         raise UsageError(str(err)) from err

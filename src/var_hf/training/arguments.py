@@ -12,19 +12,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from var_hf.patch_schedules import parse_int_list, parse_patch_nums
+
 LR_SCHEDULES = ("lin0", "lin", "lin00", "cos", "exp", "const")
 TRACKERS = ("jsonl", "tensorboard", "none")
-
-
-def parse_int_list(value) -> List[int]:
-    """`"1,2,3"`, `"1_2_3"`, `"1 2 3"` or `[1, 2, 3]` -> [1, 2, 3] (the reference spells patch schedules
-    `1_2_3_4_5_6_8_10_13_16`). Nested lists, as several command-line words give them, are flattened."""
-    if isinstance(value, str):
-        return [int(v) for v in re.split(r"[,_\s]+", value.strip()) if v]
-    out: List[int] = []
-    for item in value:
-        out.extend(parse_int_list(item) if isinstance(item, (str, list, tuple)) else [int(item)])
-    return out
 
 
 def _help(text: str, **extra) -> Dict[str, Any]:
@@ -228,8 +219,8 @@ class VQVAEModelArguments:
     dead_code_every: int = field(default=50, metadata=_help("Check for dead codes every N steps."))
 
     def __post_init__(self):
-        self.channel_multipliers = parse_int_list(self.channel_multipliers)
-        self.patch_nums = parse_int_list(self.patch_nums)
+        self.channel_multipliers = parse_int_list(self.channel_multipliers, "--channel_multipliers")
+        self.patch_nums = parse_patch_nums(self.patch_nums, "--patch_nums")
 
     def validate(self):
         problems: List[str] = []
