@@ -52,6 +52,11 @@ def build_parser(prog: str = "var-hf generate") -> CLIArgumentParser:
                              "default")
     parser.add_argument("--channels-last", action="store_true",
                         help="decode channels-last with cuDNN autotuning: faster on GPUs, not the reference's rounding")
+    parser.add_argument("--refiner", default=None, metavar="MODEL",
+                        help="collaborative decoding (CoDe): a small VARTransformer (its folder, or a pipeline or "
+                             "train-var folder) that samples the last scales; --model drafts the first --draft-steps")
+    parser.add_argument("--draft-steps", type=int, default=None,
+                        help="with --refiner: scales sampled by --model (default: all but the last two)")
     parser.add_argument("--scale-strip", action="store_true",
                         help="also write, per image, <image>_scales.png: its estimate after each scale, coarse to fine")
     parser.add_argument("--out", default="samples", help="output folder (new or empty)")
@@ -140,6 +145,8 @@ def run(args) -> int:
         raise UsageError("--num-images-per-label and --batch-size must be >= 1.")
     if args.random_labels is not None and (labels is not None or args.random_labels < 1):
         raise UsageError("--random-labels needs a count >= 1 and replaces --label; pass one or the other.")
+    if args.draft_steps is not None and args.refiner is None:
+        raise UsageError("--draft-steps needs --refiner (the small model that samples the remaining scales).")
     previous_run = check_output_folder(args.out, args.overwrite)
     model = resolve_model(args.model)
     started = time.perf_counter()
@@ -153,7 +160,15 @@ def run(args) -> int:
 
     imported = time.perf_counter()
     device = default_device(args.device)
-    pipe = VARPipeline.from_pretrained(model)
+    if args.refiner is not None:
+        from var_hf.pipelines import VARCollaborativePipeline
+
+        try:
+            pipe = VARCollaborativePipeline.from_pretrained(model, refiner=args.refiner)
+        except (ValueError, FileNotFoundError) as err:  # a refiner that does not fit the model is a usage error
+            raise UsageError(str(err)) from err
+    else:
+        pipe = VARPipeline.from_pretrained(model)
     null_class = pipe.transformer.config.null_class
     generator = torch.Generator(device=device).manual_seed(args.seed)
     try:
@@ -173,6 +188,8 @@ def run(args) -> int:
                 if getattr(args, k) is not None}
     if args.fast_path != "auto":
         settings["fast_path"] = args.fast_path == "on"
+    if args.draft_steps is not None:
+        settings["draft_steps"] = args.draft_steps
     loaded = time.perf_counter()
 
     recorder_cls = None
