@@ -210,3 +210,39 @@ def test_from_pretrained_with_refiner_and_round_trip(models, pipe, tmp_path):
     assert again.draft_steps == 1
     tokens, _ = sample(again, draft_steps=2)
     assert all(torch.equal(a, b) for a, b in zip(tokens, reference))
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+
+def test_generate_command_with_a_refiner_is_the_collaborative_pipeline(models, pipe, tmp_path, capsys):
+    import os
+
+    import numpy as np
+    import PIL.Image
+
+    from var_hf.commands.var_hf_cli import main as cli_main
+
+    vqvae, drafter, refiner, scheduler = models
+    model_dir, refiner_dir = tmp_path / "large", tmp_path / "small"
+    VARPipeline(vqvae=vqvae, transformer=drafter, scheduler=scheduler).save_pretrained(model_dir)
+    refiner.save_pretrained(refiner_dir)
+    out_dir = tmp_path / "samples"
+    assert cli_main(["generate", "--model", str(model_dir), "--refiner", str(refiner_dir), "--draft-steps", "2",
+                     "--label", "0", "--label", "3", "--seed", "5", "--guidance-scale", "2", "--top-k", "20",
+                     "--top-p", "0.9", "--out", str(out_dir)]) == 0
+    expected = pipe([0, 3], generator=torch.Generator().manual_seed(5), draft_steps=2, **SAMPLING).images
+    files = sorted(f for f in os.listdir(out_dir) if f != "grid.png")
+    assert len(files) == 2
+    for name, image in zip(files, expected):
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(out_dir / name)), np.asarray(image))
+
+    # A refiner with another vocabulary is a usage error before any sampling; --draft-steps alone too.
+    other = VARTransformer(make_var_config(patch_nums=PATCH_NUMS, depth=1, embed_dim=16, num_heads=2, vocab_size=48))
+    other.save_pretrained(tmp_path / "other")
+    capsys.readouterr()
+    assert cli_main(["generate", "--model", str(model_dir), "--refiner", str(tmp_path / "other"),
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert "vocab" in capsys.readouterr().err.lower()
+    assert cli_main(["generate", "--model", str(model_dir), "--draft-steps", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--refiner" in capsys.readouterr().err and not (tmp_path / "bad").exists()
