@@ -87,6 +87,19 @@ def test_every_option_takes_both_spellings_and_help_shows_hyphens(name, monkeypa
         assert hyphen_ns == underscore_ns, f"var-hf {name}: {underscored} is not read as {shown}"
 
 
+@pytest.mark.parametrize("name", list(var_hf_cli.COMMANDS))
+def test_no_command_takes_an_abbreviated_option(name, monkeypatch):
+    parser = command_parser(name, monkeypatch)
+    base = _required_argv(parser)
+    longs = [(o, a) for a in parser._actions if a.dest != "help" for o in a.option_strings
+             if o.startswith("--") and len(o) > 5]
+    option, action = max(longs, key=lambda pair: len(pair[0]))
+    abbreviated = option[:-2]
+    assert abbreviated not in {o for o, _ in longs}
+    with pytest.raises(UsageError, match="unrecognized"):  # with abbreviations it would be read as `option`
+        parser.parse_args(base + [abbreviated, *_value_for(action)])
+
+
 def test_help_is_fast_and_imports_nothing_heavy():
     code = (
         "import sys, time; t = time.perf_counter(); from var_hf.commands import var_hf_cli; "

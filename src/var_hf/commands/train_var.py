@@ -19,7 +19,8 @@ def build_parser(dataclass_types: Sequence[type], prog: str, description: str):
 
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description,
+    # allow_abbrev=False: no abbreviated options, as in every command (`var_hf.commands.CLIArgumentParser`).
+    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description, allow_abbrev=False,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for action in parser._actions:
         action.option_strings.sort(key=lambda option: "_" in option)  # help shows --x-y; --x_y is accepted too
