@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from var_hf import MultiScaleVQVAEConfig, VARTransformerConfig
+from var_hf.data import FASHION_MNIST_DIR, fashion_mnist_available
 
 # Tiny models are dominated by per-op overhead; extra intra-op threads only add contention on small machines.
 torch.set_num_threads(1)
 
 TINY_PATCH_NUMS = (1, 2, 4)
+
+# Tests that train or tokenize on the real dataset (Debian's fashion-mnist package).
+needs_fmnist = pytest.mark.skipif(
+    not fashion_mnist_available(),
+    reason=f"Fashion-MNIST idx files missing from {FASHION_MNIST_DIR} (apt-get install fashion-mnist)",
+)
 
 
 def pytest_collection_modifyitems(config, items):

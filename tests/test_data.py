@@ -23,10 +23,8 @@ from var_hf.data import (
     shard_range,
 )
 
-needs_fmnist = pytest.mark.skipif(
-    not fashion_mnist_available(),
-    reason="Fashion-MNIST idx files missing from /usr/share/datasets/fashion-mnist (apt-get install fashion-mnist)",
-)
+from conftest import needs_fmnist
+
 
 
 @pytest.fixture(scope="module")

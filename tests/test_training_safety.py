@@ -20,15 +20,10 @@ from var_hf.commands import UsageError
 from var_hf.commands import tokenize_dataset as tokenize_cmd
 from var_hf.commands import train_var as train_var_cmd
 from var_hf.commands import train_vqvae as train_vqvae_cmd
-from var_hf.data import fashion_mnist_available
 from var_hf.training import checkpointing, optimization
 
-from conftest import make_vqvae_config
+from conftest import make_vqvae_config, needs_fmnist
 
-needs_fmnist = pytest.mark.skipif(
-    not fashion_mnist_available(),
-    reason="Fashion-MNIST idx files missing from /usr/share/datasets/fashion-mnist (apt-get install fashion-mnist)",
-)
 
 TINY_VAR = ["--depth", "2", "--embed_dim", "32", "--num_heads", "2", "--max_train_samples", "32",
             "--max_val_samples", "16", "--batch_size", "8", "--no_progress_bar", "--no_card_samples"]
@@ -112,6 +107,15 @@ def test_tokenize_refuses_bad_arguments(tmp_path, extra, message):
     with pytest.raises(UsageError, match=message):
         tokenize_cmd.main(["--vqvae", str(tmp_path), "--output_dir", str(tmp_path / "out")] + extra)
     assert not (tmp_path / "out").exists()
+
+
+def test_tokenize_refuses_a_non_empty_output_folder_without_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="--overwrite"):
+        tokenize_cmd.main(["--vqvae", str(tmp_path), "--output_dir", str(out)])
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

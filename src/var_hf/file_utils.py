@@ -82,6 +82,17 @@ def save_image_atomically(image, path: PathLike, **save_kwargs):
         image.save(f, format=fmt, **save_kwargs)
 
 
+def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks (`hashlib.file_digest` needs Python 3.11)."""
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def library_versions(extra: Sequence[str] = ()) -> Dict[str, str]:
     """Versions of var_hf, Python and the libraries whose numerics a result depends on (for run and metric records)."""
     import importlib
@@ -109,6 +120,7 @@ def default_device(device: Optional[str] = None) -> str:
 __all__ = [
     "atomic_write",
     "default_device",
+    "file_digest",
     "library_versions",
     "save_image_atomically",
     "save_npz_atomically",

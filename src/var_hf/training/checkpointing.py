@@ -22,7 +22,6 @@ place (not atomically).
 """
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from var_hf.file_utils import atomic_write, write_json_atomically
+from var_hf.file_utils import atomic_write, file_digest, write_json_atomically
 
 logger = get_logger(__name__)
 
@@ -80,14 +79,6 @@ def check_output_dir(output_dir: str, resume: Optional[str], overwrite_output_di
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(folder: str) -> List[str]:
     out = []
     for root, _, names in os.walk(folder):
@@ -96,31 +87,39 @@ def _files(folder: str) -> List[str]:
 
 
 def write_manifest(folder: str):
-    files = {rel: {"size": os.path.getsize(os.path.join(folder, rel)), "sha256": _sha256(os.path.join(folder, rel))}
+    files = {rel: {"size": os.path.getsize(os.path.join(folder, rel)), "sha256": file_digest(os.path.join(folder, rel))}
              for rel in _files(folder)}
     write_json_atomically(os.path.join(folder, MANIFEST_NAME), {"format_version": CHECKPOINT_FORMAT_VERSION,
                                                                 "files": files})
 
 
-def verify_manifest(folder: str):
-    """Raise `CheckpointError` naming the first file of `folder` that is missing, truncated, modified or unexpected."""
-    path = os.path.join(folder, MANIFEST_NAME)
+def read_checkpoint_json(folder: str, name: str, why_missing: str) -> Any:
+    """A JSON file every complete checkpoint holds; `CheckpointError` naming it if it is missing or unreadable."""
+    path = os.path.join(folder, name)
     if not os.path.isfile(path):
         raise CheckpointError(
-            f"{folder} is not a complete checkpoint (no {MANIFEST_NAME}: the save was interrupted, or an older var_hf "
-            "wrote it). Pass another --resume, or --overwrite_output_dir to start over."
+            f"{folder} is not a complete checkpoint (no {name}: {why_missing}). Pass another --resume, or "
+            "--overwrite_output_dir to start over."
         )
     try:
         with open(path) as f:
-            expected = json.load(f)["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"Could not load checkpoint {folder}: {MANIFEST_NAME} is unreadable ({e}).") from e
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"Could not load checkpoint {folder}: {name} is unreadable ({e}).") from e
+
+
+def verify_manifest(folder: str):
+    """Raise `CheckpointError` naming the first file of `folder` that is missing, truncated, modified or unexpected."""
+    manifest = read_checkpoint_json(folder, MANIFEST_NAME, "the save was interrupted, or an older var_hf wrote it")
+    expected = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(expected, dict):
+        raise CheckpointError(f"Could not load checkpoint {folder}: {MANIFEST_NAME} lists no files.")
     for rel, info in sorted(expected.items()):
         file = os.path.join(folder, rel)
         if not os.path.isfile(file):
             raise CheckpointError(f"Could not load checkpoint {folder}: {rel} is missing.")
         size = os.path.getsize(file)
-        if size != info.get("size") or _sha256(file) != info.get("sha256"):
+        if size != info.get("size") or file_digest(file) != info.get("sha256"):
             raise CheckpointError(
                 f"Could not load checkpoint {folder}: {rel} is truncated or was modified since it was saved ({size} "
                 f"bytes, {info.get('size')} expected, or another sha256)."
@@ -184,17 +183,7 @@ class CheckpointManager:
         return resume
 
     def read_state(self, path: str) -> Dict[str, Any]:
-        state_path = os.path.join(path, TRAINER_STATE_NAME)
-        if not os.path.exists(state_path):
-            raise CheckpointError(
-                f"{path} is not a complete checkpoint (no {TRAINER_STATE_NAME}); it is corrupt or was not written by "
-                "var_hf. Delete it or pass another --resume."
-            )
-        try:
-            with open(state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{state_path} is unreadable ({e}); the checkpoint is corrupt.") from e
+        return read_checkpoint_json(path, TRAINER_STATE_NAME, "it is corrupt or was not written by var_hf")
 
     def check_compatible(self, path: str, state: Dict[str, Any]):
         problems = []
@@ -308,6 +297,7 @@ __all__ = [
     "TRAINER_STATE_NAME",
     "check_output_dir",
     "list_checkpoints",
+    "read_checkpoint_json",
     "verify_manifest",
     "write_manifest",
     "write_run_config",
