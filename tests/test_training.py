@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from var_hf import MultiScaleVQVAE, VARTransformer
-from var_hf.data import ImageTransform, fashion_mnist_available, load_fashion_mnist
+from var_hf.data import ImageTransform, load_fashion_mnist
 from var_hf.commands import UsageError
 from var_hf.commands import tokenize_dataset as tokenize_cmd
 from var_hf.commands import train_var as train_var_cmd
@@ -26,12 +26,9 @@ from var_hf.commands import train_vqvae as train_vqvae_cmd
 from var_hf.commands.train_var import build_parser
 from var_hf.training import arguments, checkpointing, losses, optimization, train_var, train_vqvae
 
-from conftest import make_var_config, make_vqvae_config
+from conftest import make_var_config, make_vqvae_config, needs_fmnist
 
-pytestmark = pytest.mark.skipif(
-    not fashion_mnist_available(),
-    reason="Fashion-MNIST idx files missing from /usr/share/datasets/fashion-mnist (apt-get install fashion-mnist)",
-)
+pytestmark = needs_fmnist
 
 TINY_VAR = ["--depth", "2", "--embed_dim", "32", "--num_heads", "2", "--max_train_samples", "64",
             "--max_val_samples", "16", "--batch_size", "8", "--no_progress_bar", "--no_card_samples"]
