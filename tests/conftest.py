@@ -66,6 +66,17 @@ def vqvae_config_factory():
     return make_vqvae_config
 
 
+@pytest.fixture(scope="module")
+def vqvae_dir(tmp_path_factory):
+    """A tiny random VQVAE (8x8 images, 21 tokens) saved as a folder (training tests)."""
+    from var_hf import MultiScaleVQVAE
+
+    folder = tmp_path_factory.mktemp("vqvae")
+    torch.manual_seed(0)
+    MultiScaleVQVAE(make_vqvae_config()).save_pretrained(str(folder))
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def var_config_factory():
     return make_var_config

@@ -37,15 +37,6 @@ TINY_VQVAE = ["--base_channels", "32", "--channel_multipliers", "1,2", "--num_re
               "--max_val_samples", "16", "--batch_size", "8", "--no_progress_bar"]
 
 
-@pytest.fixture(scope="module")
-def vqvae_dir(tmp_path_factory):
-    """A tiny random VQVAE (8x8 images, 21 tokens) saved as a folder."""
-    folder = tmp_path_factory.mktemp("vqvae")
-    torch.manual_seed(0)
-    MultiScaleVQVAE(make_vqvae_config()).save_pretrained(str(folder))
-    return str(folder)
-
-
 TRAIN_VAR_SCRIPT = os.path.join(os.path.dirname(train_var.__file__), "train_var.py")
 
 # Run `var-hf train-var ARGS` in a subprocess that SIGKILLs itself at a chosen point of the save of step N: "after"

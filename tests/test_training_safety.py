@@ -22,7 +22,7 @@ from var_hf.commands import train_var as train_var_cmd
 from var_hf.commands import train_vqvae as train_vqvae_cmd
 from var_hf.training import checkpointing, optimization
 
-from conftest import make_vqvae_config, needs_fmnist
+from conftest import needs_fmnist
 
 
 TINY_VAR = ["--depth", "2", "--embed_dim", "32", "--num_heads", "2", "--max_train_samples", "32",
@@ -31,14 +31,6 @@ TINY_VQVAE = ["--base_channels", "32", "--channel_multipliers", "1,2", "--num_re
               "--no_mid_attention", "--vocab_size", "16", "--vq_embed_dim", "4", "--patch_nums", "1,2,4",
               "--batch_size", "8", "--no_progress_bar"]
 TRAINING_DIR = os.path.dirname(checkpointing.__file__)
-
-
-@pytest.fixture(scope="module")
-def vqvae_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vqvae")
-    torch.manual_seed(0)
-    MultiScaleVQVAE(make_vqvae_config()).save_pretrained(str(folder))
-    return str(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
