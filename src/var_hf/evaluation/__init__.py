@@ -64,24 +64,6 @@ from .sample_metrics import compute_sample_metrics, per_class_accuracy
 from var_hf.training.train_domain_classifier import train_domain_classifier  # noqa: E402  (its home is training/)
 
 
-# The old `var_hf.cli` dispatcher still imports these four names from here until it is replaced by
-# `var_hf.commands`; they resolve lazily, so importing this package never imports argparse code.
-_COMMAND_NAMES = {
-    "add_evaluate_arguments": ("var_hf.commands.evaluate", "add_arguments"),
-    "run_evaluate_command": ("var_hf.commands.evaluate", "run"),
-    "add_train_domain_classifier_arguments": ("var_hf.commands.train_domain_classifier", "add_arguments"),
-    "run_train_domain_classifier_command": ("var_hf.commands.train_domain_classifier", "run"),
-}
-
-
-def __getattr__(name):
-    if name in _COMMAND_NAMES:
-        import importlib
-
-        module, attribute = _COMMAND_NAMES[name]
-        return getattr(importlib.import_module(module), attribute)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "ADM_REFERENCE_BATCH_URL",
