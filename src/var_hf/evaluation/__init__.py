@@ -64,7 +64,6 @@ from .sample_metrics import compute_sample_metrics, per_class_accuracy
 from var_hf.training.train_domain_classifier import train_domain_classifier  # noqa: E402  (its home is training/)
 
 
-
 __all__ = [
     "ADM_REFERENCE_BATCH_URL",
     "DomainClassifier",
