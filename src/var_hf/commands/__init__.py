@@ -138,6 +138,17 @@ def run_command(prog: str, main_fn: Callable[[List[str]], Optional[int]], argv: 
         _debug_active = outer
 
 
+def run_parsed_command(
+    prog: str,
+    build_parser: Callable[[str], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], Optional[int]],
+    argv: Optional[Sequence[str]] = None,
+) -> int:
+    """The `main` of a command that parses with `build_parser(prog)` and works in `run(args)`, under `run_command`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command(prog, lambda rest: run(build_parser(prog).parse_args(rest)), argv)
+
+
 __all__ = [
     "CLIArgumentParser",
     "DEBUG_ENV",
@@ -149,4 +160,5 @@ __all__ = [
     "normalize_option_spelling",
     "raise_usage_errors",
     "run_command",
+    "run_parsed_command",
 ]

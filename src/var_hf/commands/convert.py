@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_command
+from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command
 
 
 def _bool(text: str) -> bool:
@@ -76,8 +76,7 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "var-hf-convert") -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return run_command(prog, lambda rest: run(build_parser(prog).parse_args(rest)), argv)
+    return run_parsed_command(prog, build_parser, run, argv)
 
 
 __all__ = ["build_parser", "main"]

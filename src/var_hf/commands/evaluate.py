@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
-from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_command
+from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command
 
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")  # var_hf.data.FASHION_MNIST_NAMES, without importing torch
 
@@ -190,8 +190,7 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "var-hf evaluate") -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return run_command(prog, lambda rest: run(build_parser(prog).parse_args(rest)), argv)
+    return run_parsed_command(prog, build_parser, run, argv)
 
 
 __all__ = ["add_arguments", "build_parser", "main", "run"]

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import List, Optional
 
-from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_command
+from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command
 
 # The files a run writes: `NNNN_<class id>_<slug>.png`, its scale strip, the grid, and the temporary files of
 # var_hf.file_utils.atomic_write left by a killed run. Only these are replaced by --overwrite.
@@ -238,8 +238,7 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "var-hf generate") -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return run_command(prog, lambda rest: run(build_parser(prog).parse_args(rest)), argv)
+    return run_parsed_command(prog, build_parser, run, argv)
 
 
 __all__ = ["build_parser", "check_output_folder", "main", "parse_label", "resolve_model"]
