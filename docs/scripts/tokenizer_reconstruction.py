@@ -1,0 +1,53 @@
+"""How much the tokenizer loses: PSNR of reconstructions of the Fashion-MNIST test split, and the domain classifier's
+accuracy on the reconstructions against its accuracy on the same real images (both prepared as training prepares
+them: Lanczos 28 -> 32, full frame).
+
+    python docs/scripts/tokenizer_reconstruction.py --model src/var_hf/default_model --num-images 2000
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="pipeline folder (its vqvae/ and domain_classifier/ are used)")
+    parser.add_argument("--num-images", type=int, default=2000, help="first N test images")
+    parser.add_argument("--batch-size", type=int, default=250)
+    args = parser.parse_args(argv)
+
+    from var_hf import MultiScaleVQVAE
+    from var_hf.data import ImageTransform, load_fashion_mnist
+    from var_hf.evaluation import extract_feature_set, load_domain_classifier
+    from var_hf.evaluation.metrics import class_accuracy
+
+    vqvae = MultiScaleVQVAE.from_pretrained(os.path.join(args.model, "vqvae")).eval()
+    classifier = load_domain_classifier(os.path.join(args.model, "domain_classifier"))
+    test = load_fashion_mnist("test", max_samples=args.num_images)
+    size = vqvae.config.patch_nums[-1] * 2 ** (len(vqvae.config.channel_multipliers) - 1)
+    transform = ImageTransform(size, mid_ratio=1.0, random_crop=False)
+    real = torch.stack([transform(image) for image in test["image"]])  # (N, 3, H, W) in [-1, 1]
+    labels = list(test["label"])
+    with torch.no_grad():
+        recon = torch.cat([vqvae.reconstruct(real[i:i + args.batch_size]) for i in range(0, len(real), args.batch_size)])
+
+    def to_uint8(x):
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    real_u8, recon_u8 = to_uint8(real), to_uint8(recon)
+    mse = ((real_u8.astype(np.float64) - recon_u8.astype(np.float64)) / 255.0) ** 2
+    psnr = float(np.mean(10 * np.log10(1.0 / mse.reshape(len(mse), -1).mean(axis=1))))
+    acc_real = class_accuracy(extract_feature_set(classifier, real_u8).logits, labels)
+    acc_recon = class_accuracy(extract_feature_set(classifier, recon_u8).logits, labels)
+    print(f"test images: {len(labels)}")
+    print(f"PSNR (mean over images, uint8): {psnr:.2f} dB")
+    print(f"class accuracy, real: {acc_real:.4f}; reconstructions: {acc_recon:.4f}; ratio {acc_recon / acc_real:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
