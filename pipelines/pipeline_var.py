@@ -313,7 +313,6 @@ class VARPipeline(VARPipelineLoadingMixin, DiffusionPipeline):
         filter_exact = torch.ones((), dtype=torch.bool, device=device)  # likewise
 
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            pn = patch_nums[i]
             # 1. One transformer step on both halves, 2. guidance, 3. the scheduler samples this scale's tokens.
             if fast:
                 logits_2BlV = runner.run(i, x_2BlC)
@@ -329,29 +328,13 @@ class VARPipeline(VARPipelineLoadingMixin, DiffusionPipeline):
                 probabilities_valid &= step.probabilities_valid
             if sort_free:
                 filter_exact &= step.filter_exact
-            token_map = step.token_map
-            h_BlC = step.smoothed_embeddings if settings.more_smooth else vqvae.embed_tokens(token_map)
-            h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
-            if edit is not None:  # kept positions take the image's own tokens (the reference's replace_embedding)
-                image_tokens_Bl = edit["image_tokens"][i][rows]
-                keep_B1hw = self.keep_mask_at_scale(edit["keep_Bhw"][rows], pn)
-                gt_BChw = vqvae.embed_tokens(image_tokens_Bl).transpose(1, 2).reshape(B, C, pn, pn)
-                h_BChw = gt_BChw * keep_B1hw + h_BChw * (1 - keep_B1hw)
-                token_map = torch.where(keep_B1hw.flatten(1).bool(), image_tokens_Bl, token_map)
+            # 4. Embed the tokens (an edit keeps the image's own) and add them to f_hat; 5. the callback may replace
+            # f_hat; 6. the next scale's input is taken from it.
+            f_hat, token_map, next_BlC = self._add_scale(
+                i, t, step, f_hat, settings.more_smooth, edit, rows, callback_on_step_end, callback_on_step_end_tensor_inputs
+            )
             token_maps.append(token_map)
-
-            # 4. Add this scale to f_hat; 5. the callback may replace f_hat; 6. the next scale's input is taken from it.
-            f_hat, next_BChw = vqvae.next_scale_input(i, f_hat, h_BChw)
-            if callback_on_step_end is not None:
-                callback_kwargs = {name: self.decode_latents(f_hat) if name == "image_estimate" else
-                                   {"f_hat": f_hat, "token_map": token_map}[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, int(t), callback_kwargs) or {}
-                if "f_hat" in callback_outputs:
-                    f_hat = check_returned_f_hat(callback_outputs["f_hat"], f_hat, i)
-                    if i + 1 < len(patch_nums):  # the quantizer's own step: area-downsample f_hat to the next scale
-                        next_BChw = F.interpolate(f_hat, size=(patch_nums[i + 1],) * 2, mode="area")
-            if i + 1 < len(patch_nums):
-                next_BlC = next_BChw.reshape(B, C, -1).transpose(1, 2)
+            if next_BlC is not None:
                 x_2BlC = transformer.embed_next_scale(i + 1, next_BlC).repeat(2, 1, 1)
 
         if fast and not bool(probabilities_valid):
@@ -361,6 +344,40 @@ class VARPipeline(VARPipelineLoadingMixin, DiffusionPipeline):
                 "float32 / with fast_path=False to find the scale where it happens."
             )
         return BatchSample(f_hat=f_hat, token_maps=token_maps, filter_exact=bool(filter_exact) if sort_free else True)
+
+    def _add_scale(self, i: int, t, step, f_hat: torch.Tensor, more_smooth: bool, edit, rows: slice,
+                   callback_on_step_end, callback_on_step_end_tensor_inputs):
+        """Scale i after the scheduler's step: its tokens become embeddings (an edit's kept positions take the image's
+        own tokens), which are added to f_hat; the callback may then replace f_hat.
+
+        Returns:
+            `(f_hat, token_map, next_BlC)`: the updated f_hat `(B, C, H, W)`, the scale's tokens `(B, pn^2)` and the
+            next scale's input `(B, pn_{i+1}^2, C)` taken from f_hat (`None` after the last scale).
+        """
+        vqvae, patch_nums = self.vqvae, self.scheduler.config.patch_nums
+        pn, (B, C) = patch_nums[i], (f_hat.shape[0], vqvae.config.vq_embed_dim)
+        token_map = step.token_map
+        h_BlC = step.smoothed_embeddings if more_smooth else vqvae.embed_tokens(token_map)
+        h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
+        if edit is not None:  # kept positions take the image's own tokens (the reference's replace_embedding)
+            image_tokens_Bl = edit["image_tokens"][i][rows]
+            keep_B1hw = self.keep_mask_at_scale(edit["keep_Bhw"][rows], pn)
+            gt_BChw = vqvae.embed_tokens(image_tokens_Bl).transpose(1, 2).reshape(B, C, pn, pn)
+            h_BChw = gt_BChw * keep_B1hw + h_BChw * (1 - keep_B1hw)
+            token_map = torch.where(keep_B1hw.flatten(1).bool(), image_tokens_Bl, token_map)
+
+        f_hat, next_BChw = vqvae.next_scale_input(i, f_hat, h_BChw)
+        if callback_on_step_end is not None:
+            callback_kwargs = {name: self.decode_latents(f_hat) if name == "image_estimate" else
+                               {"f_hat": f_hat, "token_map": token_map}[name] for name in callback_on_step_end_tensor_inputs}
+            callback_outputs = callback_on_step_end(self, i, int(t), callback_kwargs) or {}
+            if "f_hat" in callback_outputs:
+                f_hat = check_returned_f_hat(callback_outputs["f_hat"], f_hat, i)
+                if i + 1 < len(patch_nums):  # the quantizer's own step: area-downsample f_hat to the next scale
+                    next_BChw = F.interpolate(f_hat, size=(patch_nums[i + 1],) * 2, mode="area")
+        if i + 1 == len(patch_nums):
+            return f_hat, token_map, None
+        return f_hat, token_map, next_BChw.reshape(B, C, -1).transpose(1, 2)
 
     def _free_cached_memory(self):
         """Before an out-of-memory retry: drop the fast path's caches and return cached blocks to the device."""

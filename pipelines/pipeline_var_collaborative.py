@@ -19,17 +19,16 @@ that transformer, for the same generator.
 """
 
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import logging
 
 from var_hf.kv_cache import SamplingConstants, VARKVCache
 from var_hf.modeling_var import VARTransformer
 from var_hf.modeling_vqvae import MultiScaleVQVAE
-from var_hf.pipeline_inputs import check_int, check_returned_f_hat
+from var_hf.pipeline_inputs import check_int
 from var_hf.pipeline_loading import check_model_index, resolve_local_folder
 from var_hf.pipelines.pipeline_var import VARPipeline
 from var_hf.sampling_batching import BatchSample
@@ -193,7 +192,6 @@ class VARCollaborativePipeline(VARPipeline):
         token_maps, next_inputs = [], []  # next_inputs[i]: scale i+1's input (B, pn^2, C) from f_hat
 
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            pn = patch_nums[i]
             model, cond_2BD, constants, kv_cache = state = models[0 if i < draft_steps else 1]
             if kv_cache is None:  # first scale of this model: build its cache over the scales drafted so far
                 if i == 0:
@@ -210,28 +208,12 @@ class VARCollaborativePipeline(VARPipeline):
                 temperature=settings.temperature, more_smooth=settings.more_smooth,
                 codebook=vqvae.quantizer.codebook.weight,
             )
-            token_map = step.token_map
-            h_BlC = step.smoothed_embeddings if settings.more_smooth else vqvae.embed_tokens(token_map)
-            h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
-            if edit is not None:  # kept positions take the image's own tokens, as in VARPipeline
-                image_tokens_Bl = edit["image_tokens"][i][rows]
-                keep_B1hw = self.keep_mask_at_scale(edit["keep_Bhw"][rows], pn)
-                gt_BChw = vqvae.embed_tokens(image_tokens_Bl).transpose(1, 2).reshape(B, C, pn, pn)
-                h_BChw = gt_BChw * keep_B1hw + h_BChw * (1 - keep_B1hw)
-                token_map = torch.where(keep_B1hw.flatten(1).bool(), image_tokens_Bl, token_map)
+            f_hat, token_map, next_BlC = self._add_scale(  # as in VARPipeline: edit blend, f_hat, callback
+                i, t, step, f_hat, settings.more_smooth, edit, rows, callback_on_step_end, callback_on_step_end_tensor_inputs
+            )
             token_maps.append(token_map)
-
-            f_hat, next_BChw = vqvae.next_scale_input(i, f_hat, h_BChw)
-            if callback_on_step_end is not None:
-                callback_kwargs = {name: self.decode_latents(f_hat) if name == "image_estimate" else
-                                   {"f_hat": f_hat, "token_map": token_map}[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, int(t), callback_kwargs) or {}
-                if "f_hat" in callback_outputs:
-                    f_hat = check_returned_f_hat(callback_outputs["f_hat"], f_hat, i)
-                    if i + 1 < len(patch_nums):
-                        next_BChw = F.interpolate(f_hat, size=(patch_nums[i + 1],) * 2, mode="area")
-            if i + 1 < len(patch_nums):
-                next_inputs.append(next_BChw.reshape(B, C, -1).transpose(1, 2))
+            if next_BlC is not None:
+                next_inputs.append(next_BlC)
         return BatchSample(f_hat=f_hat, token_maps=token_maps)
 
     @staticmethod
