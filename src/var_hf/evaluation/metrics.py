@@ -314,6 +314,21 @@ def metric_module_path(name: str) -> str:
     return os.path.join(EVALUATE_MODULES_DIR, name, f"{name}.py")
 
 
+def feature_metric_info(description: str, citation: str, inputs_description: str, paper_url: str):
+    """The `evaluate.MetricInfo` of our metric modules: `predictions` are rows of features (or class probabilities)
+    as float64, and a reference, when the metric needs one, is a keyword argument of `compute`."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64"))}),
+        reference_urls=[paper_url],
+    )
+
+
 def load_metric(name: str, **kwargs):
     """Load one of our metrics as an `evaluate` module (`evaluate.load` on the script shipped in the package).
 
@@ -344,6 +359,7 @@ __all__ = [
     "METRIC_NAMES",
     "check_finite",
     "class_accuracy",
+    "feature_metric_info",
     "feature_statistics",
     "frechet_distance",
     "frechet_distance_from_features",

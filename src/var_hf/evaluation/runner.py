@@ -6,7 +6,6 @@ metrics file is written atomically with `allow_nan=False`, after every number ha
 """
 
 import datetime
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Union
@@ -14,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch.nn as nn
 
-from var_hf.file_utils import library_versions, write_json_atomically
+from var_hf.file_utils import file_digest, library_versions, write_json_atomically
 from var_hf.modeling_domain_classifier import DomainClassifier
 
 from .features import load_feature_extractor
@@ -276,7 +275,7 @@ def _extractor_info(extractor) -> Dict[str, Any]:
     if path is not None:
         info["weights"] = os.path.abspath(path)
         if os.path.isfile(path):
-            info["weights_sha256"] = _sha256(path)
+            info["weights_sha256"] = file_digest(path, "sha256")
     if isinstance(extractor, DomainClassifier):
         info["num_classes"] = extractor.config.num_classes
         info["image_size"] = extractor.config.image_size
@@ -284,14 +283,6 @@ def _extractor_info(extractor) -> Dict[str, Any]:
     else:
         info["softmax_layer"] = extractor.fc is not None
     return info
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_default(obj):

@@ -1,9 +1,8 @@
 """Fréchet Inception Distance as an `evaluate` metric; the math is `var_hf.evaluation.metrics.frechet_distance_from_features`."""
 
-import datasets
 import evaluate
 
-from var_hf.evaluation.metrics import frechet_distance_from_features
+from var_hf.evaluation.metrics import feature_metric_info, frechet_distance_from_features
 
 _DESCRIPTION = """
 Fréchet distance between Gaussians fitted to two sets of features (FID when the features are InceptionV3 pool
@@ -22,11 +21,12 @@ Returns:
     fid (`float`): the Fréchet distance.
 Examples:
     >>> import numpy as np
-    >>> from var_hf.evaluation.metrics import load_metric
-    >>> fid = load_metric("fid")
-    >>> x = np.random.default_rng(0).normal(size=(32, 4))
-    >>> abs(fid.compute(predictions=x, reference_features=x)["fid"]) < 1e-6
-    True
+    >>> from var_hf.evaluation.metrics import feature_statistics, load_metric
+    >>> reference = np.random.default_rng(0).normal(size=(256, 4))
+    >>> mu, sigma = feature_statistics(reference)  # e.g. the `mu`/`sigma` stored in an ADM reference batch
+    >>> samples = reference + 1.0  # every feature shifted by 1: FID is ||1||^2 = 4, the covariances being equal
+    >>> round(load_metric("fid").compute(predictions=samples, reference_mu=mu, reference_sigma=sigma)["fid"], 4)
+    4.0
 """
 
 _CITATION = """
@@ -42,13 +42,7 @@ _CITATION = """
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FID(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64"))}),
-            reference_urls=["https://arxiv.org/abs/1706.08500"],
-        )
+        return feature_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, "https://arxiv.org/abs/1706.08500")
 
     def _compute(self, predictions, reference_features=None, reference_mu=None, reference_sigma=None):
         fid = frechet_distance_from_features(predictions, reference_features, reference_mu, reference_sigma)

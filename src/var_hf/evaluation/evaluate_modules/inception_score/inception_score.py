@@ -1,9 +1,8 @@
 """Inception Score as an `evaluate` metric; the math is `var_hf.evaluation.metrics.inception_score`."""
 
-import datasets
 import evaluate
 
-from var_hf.evaluation.metrics import inception_score, softmax
+from var_hf.evaluation.metrics import feature_metric_info, inception_score, softmax
 
 _DESCRIPTION = """
 Inception Score exp(E_x KL(p(y|x) || p(y))) of class predictions on generated samples, averaged over consecutive
@@ -38,13 +37,7 @@ _CITATION = """
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class InceptionScore(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64"))}),
-            reference_urls=["https://arxiv.org/abs/1606.03498"],
-        )
+        return feature_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, "https://arxiv.org/abs/1606.03498")
 
     def _compute(self, predictions, split_size=5000, from_logits=False):
         probs = softmax(predictions) if from_logits else predictions

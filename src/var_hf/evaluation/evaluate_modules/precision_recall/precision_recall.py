@@ -1,10 +1,9 @@
 """Improved precision and recall (k-NN manifolds) as an `evaluate` metric; the math is
 `var_hf.evaluation.metrics.precision_recall`."""
 
-import datasets
 import evaluate
 
-from var_hf.evaluation.metrics import precision_recall
+from var_hf.evaluation.metrics import feature_metric_info, precision_recall
 
 _DESCRIPTION = """
 Improved precision and recall of Kynkäänniemi et al. (2019): each set's manifold is the union of balls around its
@@ -43,13 +42,7 @@ _CITATION = """
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PrecisionRecall(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64"))}),
-            reference_urls=["https://arxiv.org/abs/1904.06991"],
-        )
+        return feature_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, "https://arxiv.org/abs/1904.06991")
 
     def _compute(self, predictions, reference_features=None, nearest_k=3):
         if reference_features is None:
