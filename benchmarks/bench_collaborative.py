@@ -20,12 +20,11 @@ Prints a Markdown table per measurement and writes everything to `--output` (JSO
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode

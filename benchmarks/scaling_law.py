@@ -209,7 +209,6 @@ def evaluate_model(model, vqvae, tokens_BL, labels_B, batch_size: int = 250) -> 
 
 
 def evaluate_run(args, run_dir: str, depth: int, vqvae, test, study_log: str) -> Dict:
-    import torch
     from safetensors.torch import load_file
 
     from var_hf.modeling_var import VARTransformer
@@ -281,13 +280,24 @@ def markdown(results: List[Dict], fits: Dict[str, Dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_png(fig, path: str) -> str:
+    """Lay out, write (atomically) and close a matplotlib figure; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    from var_hf.file_utils import atomic_write
+
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(results: List[Dict], fits: Dict[str, Dict], out_dir: str) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from var_hf.file_utils import atomic_write
 
     written = []
     n = np.array([r["N"] for r in results], dtype=np.float64)
@@ -302,12 +312,7 @@ def plot(results: List[Dict], fits: Dict[str, Dict], out_dir: str) -> List[str]:
         ax.set_xlabel("N (parameters without embeddings)")
         ax.set_title(METRIC_TITLES[m], fontsize=10)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "scaling_size.png")
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_png(fig, os.path.join(out_dir, "scaling_size.png")))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, m in zip(axes, ("Lm", "Lt")):
@@ -323,12 +328,7 @@ def plot(results: List[Dict], fits: Dict[str, Dict], out_dir: str) -> List[str]:
         ax.set_xlabel("training compute C = 6 N T (FLOPs)")
         ax.set_title(METRIC_TITLES[m], fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "scaling_compute.png")
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_png(fig, os.path.join(out_dir, "scaling_compute.png")))
     return written
 
 
