@@ -28,8 +28,7 @@ def main(argv=None) -> int:
     vqvae = MultiScaleVQVAE.from_pretrained(os.path.join(args.model, "vqvae")).eval()
     classifier = load_domain_classifier(os.path.join(args.model, "domain_classifier"))
     test = load_fashion_mnist("test", max_samples=args.num_images)
-    size = vqvae.config.patch_nums[-1] * 2 ** (len(vqvae.config.channel_multipliers) - 1)
-    transform = ImageTransform(size, mid_ratio=1.0, random_crop=False)
+    transform = ImageTransform(vqvae.config.image_size, mid_ratio=1.0, random_crop=False)
     real = torch.stack([transform(image) for image in test["image"]])  # (N, 3, H, W) in [-1, 1]
     labels = list(test["label"])
     with torch.no_grad():
