@@ -3,6 +3,8 @@ accuracy on the reconstructions against its accuracy on the same real images (bo
 them: Lanczos 28 -> 32, full frame).
 
     python docs/scripts/tokenizer_reconstruction.py --model src/var_hf/default_model --num-images 2000
+    python docs/scripts/tokenizer_reconstruction.py --vqvae runs/tok/vqvae \
+        --domain-classifier src/var_hf/default_model/domain_classifier --num-images 2000
 """
 
 import argparse
@@ -15,18 +17,22 @@ import torch
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="pipeline folder (its vqvae/ and domain_classifier/ are used)")
+    parser.add_argument("--model", help="pipeline folder (its vqvae/ and domain_classifier/ are used)")
+    parser.add_argument("--vqvae", help="a tokenizer folder in place of <model>/vqvae (e.g. a train_vqvae run's vqvae/)")
+    parser.add_argument("--domain-classifier", help="in place of <model>/domain_classifier")
     parser.add_argument("--num-images", type=int, default=2000, help="first N test images")
     parser.add_argument("--batch-size", type=int, default=250)
     args = parser.parse_args(argv)
+    if args.model is None and (args.vqvae is None or args.domain_classifier is None):
+        parser.error("give --model, or both --vqvae and --domain-classifier")
 
     from var_hf import MultiScaleVQVAE
     from var_hf.data import ImageTransform, load_fashion_mnist
     from var_hf.evaluation import extract_feature_set, load_domain_classifier
     from var_hf.evaluation.metrics import class_accuracy
 
-    vqvae = MultiScaleVQVAE.from_pretrained(os.path.join(args.model, "vqvae")).eval()
-    classifier = load_domain_classifier(os.path.join(args.model, "domain_classifier"))
+    vqvae = MultiScaleVQVAE.from_pretrained(args.vqvae or os.path.join(args.model, "vqvae")).eval()
+    classifier = load_domain_classifier(args.domain_classifier or os.path.join(args.model, "domain_classifier"))
     test = load_fashion_mnist("test", max_samples=args.num_images)
     transform = ImageTransform(vqvae.config.image_size, mid_ratio=1.0, random_crop=False)
     real = torch.stack([transform(image) for image in test["image"]])  # (N, 3, H, W) in [-1, 1]
