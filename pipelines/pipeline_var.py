@@ -13,7 +13,8 @@ Components (diffusers `register_modules`): `vqvae` ([`MultiScaleVQVAE`]), `trans
     image = vqvae.decode(f_hat)
 
 Labels and saved defaults, argument checks, editing inputs, devices and decoding are the mixins of
-`var_hf.pipeline_mixins`; loading and saving is `var_hf.pipeline_loading`. This file imports the package absolutely, so diffusers can also load it as a custom pipeline
+`var_hf.pipeline_mixins`; loading and saving is `var_hf.pipeline_loading`. This file imports the package absolutely,
+so diffusers can also load it as a custom pipeline
 (`DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_var.py", trust_remote_code=True)`).
 """
 
