@@ -320,6 +320,34 @@ def test_vqvae_training_with_gan_dead_codes_ema_and_exact_resume(tmp_path):
     assert [r["step"] for r in _metrics(out) if "train/loss" in r] == [1, 2, 3, 4]  # no duplicated steps
 
 
+def test_decoder_only_fine_tuning_keeps_every_token_map(tmp_path, vqvae_dir):
+    out = str(tmp_path / "decoder")
+    argv = TINY_VQVAE + ["--init_from", vqvae_dir, "--decoder_only", "--output_dir", out, "--max_steps", "3",
+                         "--lr", "1e-2", "--l1_weight", "1", "--ema_decay", "0.5"]
+    assert train_vqvae_cmd.main(argv) == 0
+    before = MultiScaleVQVAE.from_pretrained(vqvae_dir).eval()
+    after = MultiScaleVQVAE.from_pretrained(os.path.join(out, "vqvae")).eval()
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())  # buffers are usage statistics
+    decoder_keys = [k for k in old if k.startswith(train_vqvae.DECODER_PREFIXES)]
+    assert decoder_keys and any(not torch.equal(old[k], new[k]) for k in decoder_keys)
+    assert [k for k in old if k not in decoder_keys and not torch.equal(old[k], new[k])] == []
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        tokens_before, tokens_after = before.encode_tokens(images), after.encode_tokens(images)
+        assert not torch.equal(before.reconstruct(images), after.reconstruct(images))
+    assert all(torch.equal(a, b) for a, b in zip(tokens_before, tokens_after))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--decoder_only fine-tunes a trained tokenizer"),
+    (["--init_from", "x", "--dead_code_steps", "5"], "--decoder_only freezes the codebook"),
+])
+def test_decoder_only_needs_a_tokenizer_and_a_fixed_codebook(tmp_path, extra, message):
+    with pytest.raises(UsageError, match=message):
+        train_vqvae_cmd.main(TINY_VQVAE + ["--decoder_only", "--output_dir", str(tmp_path / "out")] + extra)
+    assert not (tmp_path / "out").exists()
+
+
 def test_full_and_selective_checkpointing_exclude_each_other(tmp_path):
     argv = TINY_VAR + ["--vqvae", str(tmp_path / "unused"), "--output_dir", str(tmp_path / "out"),
                        "--gradient_checkpointing", "--selective_checkpointing"]

@@ -1,7 +1,7 @@
 """Draw the training curves of a two-stage var_hf run (VQVAE, then VAR) from the runs' `logs/metrics.jsonl`.
 
     pip install -e ".[plots]"
-    python docs/scripts/plot_training_curves.py --vqvae-run RUN/vqvae --var-run RUN/var --out docs/images/default_model_training.png
+    python docs/scripts/plot_training_curves.py --vqvae-run RUN/vqvae --var-run RUN/var [RUN/var2 ...] --out docs/images/default_model_training.png
 
 Panels: the tokenizer's reconstruction loss and validation PSNR; the transformer's mean and finest-scale cross-entropy
 (train, and validation where logged); its per-scale token accuracy (train, smoothed over 10 logs).
@@ -23,6 +23,19 @@ def read_metrics(run_dir: str):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def chain_runs(run_dirs):
+    """The rows of consecutive runs on one step axis (a continuation's steps follow its parent's last step), and the
+    steps where each continuation starts."""
+    rows, offset, joins = [], 0, []
+    for run_dir in run_dirs:
+        run_rows = read_metrics(run_dir)
+        if rows:
+            joins.append(offset)
+        rows += [{**row, "step": row["step"] + offset} for row in run_rows]
+        offset += max((row["step"] for row in run_rows), default=0)
+    return rows, joins
+
+
 def series(rows, key):
     points = [(row["step"], row[key]) for row in rows if key in row and np.isfinite(row[key])]
     return np.array([p[0] for p in points]), np.array([p[1] for p in points])
@@ -38,7 +51,8 @@ def smooth(steps: np.ndarray, values: np.ndarray, window: int):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vqvae-run", required=True, help="train-vqvae output folder")
-    parser.add_argument("--var-run", required=True, help="train-var output folder")
+    parser.add_argument("--var-run", required=True, nargs="+",
+                        help="train-var output folder; several: a run and its continuations (--init-from), in order")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
 
@@ -49,7 +63,8 @@ def main(argv=None) -> int:
 
     from var_hf.file_utils import atomic_write
 
-    vq_rows, var_rows = read_metrics(args.vqvae_run), read_metrics(args.var_run)
+    vq_rows = read_metrics(args.vqvae_run)
+    var_rows, joins = chain_runs(args.var_run)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 
     ax = axes[0]
@@ -71,6 +86,10 @@ def main(argv=None) -> int:
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
     ax.set_title("stage 2: VAR loss (mean / finest scale)")
+    for step in joins:
+        for axis in axes[1:]:
+            axis.axvline(step, color="grey", ls=":", lw=1)
+        ax.text(step, ax.get_ylim()[1], " continued", va="top", fontsize=8, color="grey")
     ax.legend(fontsize=8)
 
     ax = axes[2]

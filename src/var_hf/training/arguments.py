@@ -217,6 +217,9 @@ class VQVAEModelArguments:
     dead_code_steps: int = field(default=0, metadata=_help(
         "Re-initialise codes unused for this many steps to random encoder outputs (0: off)."))
     dead_code_every: int = field(default=50, metadata=_help("Check for dead codes every N steps."))
+    decoder_only: bool = field(default=False, metadata=_help(
+        "Fine-tune only the decoder (and post_quant_conv) of --init_from: the encoder, codebook and phi stay frozen, "
+        "so every image keeps its token maps and a transformer trained on them stays valid."))
 
     def __post_init__(self):
         self.channel_multipliers = parse_int_list(self.channel_multipliers, "--channel_multipliers")
@@ -245,6 +248,10 @@ class VQVAEModelArguments:
         _check(problems, self.disc_start >= 0, f"--disc_start must be >= 0, got {self.disc_start}")
         _check(problems, self.disc_lr is None or self.disc_lr > 0, f"--disc_lr must be > 0, got {self.disc_lr}")
         _check(problems, self.dead_code_steps >= 0, f"--dead_code_steps must be >= 0, got {self.dead_code_steps}")
+        _check(problems, not self.decoder_only or bool(self.init_from),
+               "--decoder_only fine-tunes a trained tokenizer: give it with --init_from")
+        _check(problems, not (self.decoder_only and self.dead_code_steps > 0),
+               "--decoder_only freezes the codebook: set --dead_code_steps 0")
         _raise(problems)
 
 

@@ -42,6 +42,7 @@ logger = get_logger(__name__)
 
 VQVAE_NO_DECAY_KEYS = ("codebook",)
 DEAD_CODES_FILE = "dead_codes.safetensors"
+DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -103,6 +104,13 @@ def enable_vqvae_checkpointing(vqvae: MultiScaleVQVAE):
     modules = [*vqvae.encoder.down, vqvae.encoder.mid, vqvae.decoder.mid, *vqvae.decoder.up]
     for module in modules:
         module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+
+
+def freeze_all_but_decoder(vqvae: MultiScaleVQVAE):
+    """Only `post_quant_conv` and `decoder` train: the token maps of every image (encoder, quant_conv, codebook and
+    phi decide them) stay exactly as they were."""
+    for name, param in vqvae.named_parameters():
+        param.requires_grad_(name.startswith(DECODER_PREFIXES))
 
 
 def build_config(args: VQVAEModelArguments) -> MultiScaleVQVAEConfig:
@@ -198,6 +206,8 @@ class VQVAEStage(TrainingStage):
     def build_models(self):
         m, acc, config = self.model_args, self.accelerator, self.config
         vqvae = MultiScaleVQVAE.from_pretrained(vqvae_folder(m.init_from)) if m.init_from else MultiScaleVQVAE(config)
+        if m.decoder_only:
+            freeze_all_but_decoder(vqvae)
         if self.args.gradient_checkpointing:
             enable_vqvae_checkpointing(vqvae)
         vqvae.train()
