@@ -33,7 +33,9 @@ def card_metric(metric_type: str):
 
 def test_loads_with_its_own_sampling_defaults_and_samples_every_class(pipe):
     assert pipe.transformer.config.num_classes == 10
-    assert pipe.sampling_defaults["guidance_scale"] == card_metric("accuracy").metric_args["guidance_scale"]
+    measured_with = card_metric("accuracy").metric_args
+    for name in ("guidance_scale", "top_k", "top_p", "temperature"):  # the card's figures are for these defaults
+        assert pipe.sampling_defaults[name] == measured_with[name], name
     images = pipe(class_labels=list(range(10)), generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (10, 32, 32, 3)
     assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1

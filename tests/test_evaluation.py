@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from var_hf import evaluation
+from var_hf.evaluation.protocol import make_protocol
 from var_hf.commands import evaluate as evaluate_command
 from var_hf.evaluation import (
     InceptionV3FeatureExtractor,
@@ -361,6 +362,23 @@ def test_samples_do_not_depend_on_the_batch_size(tiny_pipeline, tmp_path):
             a = np.asarray(PIL.Image.open(evaluation.sample_path(str(tmp_path / "b1"), c, i, 4)))
             b = np.asarray(PIL.Image.open(evaluation.sample_path(str(tmp_path / "b4"), c, i, 4)))
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_temperature_is_part_of_the_protocol_and_saved_defaults_do_not_leak_in(tiny_pipeline, tmp_path):
+    def draw(name, pipe, **settings):
+        evaluation.generate_samples(pipe, str(tmp_path / name), class_ids=[2], num_per_class=3, progress=False,
+                                    top_k=0, top_p=0.0, **settings)
+        return np.stack([np.asarray(PIL.Image.open(evaluation.sample_path(str(tmp_path / name), 2, i, 4)))
+                         for i in range(3)])
+
+    cold_defaults = type(tiny_pipeline)(**tiny_pipeline.components, sampling_defaults={"temperature": 0.05})
+    plain = draw("plain", tiny_pipeline)
+    assert np.array_equal(draw("saved-cold", cold_defaults), plain)  # the protocol's temperature 1.0 is passed
+    assert not np.array_equal(draw("cold", tiny_pipeline, temperature=0.05), plain)
+    protocol = make_protocol(temperature=0.8)
+    assert protocol.report(4)["temperature"] == 0.8 and not protocol.is_reference(4)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        make_protocol(temperature=0.0)
 
 
 def test_missing_inception_weights_fail_before_sampling(tiny_pipeline, tmp_path, capsys):

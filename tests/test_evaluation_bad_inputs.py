@@ -142,6 +142,8 @@ BAD_PROTOCOLS = {
     "batch_size": (dict(batch_size=-4), "batch_size"),
     "top_k": (dict(top_k=1.5), "top_k"),
     "top_p": (dict(top_p=1.5), "top_p"),
+    "temperature zero": (dict(temperature=0.0), "temperature"),
+    "temperature nan": (dict(temperature=float("nan")), "temperature"),
     "guidance_scale": (dict(guidance_scale=float("nan")), "guidance_scale"),
     "guidance_scale str": (dict(guidance_scale="4"), "guidance_scale"),
     "class_ids": (dict(class_ids=[-1]), "class_ids"),
@@ -169,6 +171,8 @@ BAD_COMMAND_LINES = {
     "zero per class": (["--model", "m", "--reference", "r", "--num-per-class", "0"], "--num-per-class must be >= 1"),
     "bad classes": (["--model", "m", "--reference", "r", "--classes", "a-b"], "--classes"),
     "bad top-p": (["--model", "m", "--reference", "r", "--top-p", "2"], "--top-p"),
+    "zero temperature": (["--model", "m", "--reference", "r", "--temperature", "0"], "--temperature"),
+    "nan temperature": (["--model", "m", "--reference", "r", "--temperature", "nan"], "--temperature"),
     "real images without a resolution": (
         ["--real-images", "fashion-mnist", "--reference", "fashion-mnist"], "--reference-resolution"
     ),

@@ -88,7 +88,8 @@ def test_model_card_metadata_round_trips(card_folder, metrics_json):
     fid = by_type["fid"]
     assert fid.dataset_type == "zalando-datasets/fashion_mnist" and fid.dataset_split == "test"
     assert fid.metric_args == {
-        "num_samples": 16, "num_per_class": 4, "guidance_scale": 1.5, "top_k": 900, "top_p": 0.96, "seed": 0
+        "num_samples": 16, "num_per_class": 4, "guidance_scale": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0,
+        "seed": 0,
     }
     assert fid.metric_config == "domain-classifier"
 

@@ -97,7 +97,8 @@ def eval_results_from_metrics(
         source = os.path.basename(str(reference.get("source", "reference")).rstrip("/")) or "reference"
         size = model.get("image_size")
         dataset_name = f"{dataset_type} {size}x{size} (reference: {source})" if size else f"{dataset_type} ({source})"
-    args = {k: sampling[k] for k in ("num_samples", "num_per_class", "guidance_scale", "top_k", "top_p", "seed") if k in sampling}
+    args = {k: sampling[k] for k in ("num_samples", "num_per_class", "guidance_scale", "top_k", "top_p", "temperature",
+                                     "seed") if k in sampling}
     results = []
     for key, value in publishable_metrics(report).items():
         metric_type, readable = METRIC_TYPES[key]
@@ -420,7 +421,8 @@ def _metrics_section(report: Dict[str, Any]) -> List[str]:
         "",
         f"Measured with `var-hf evaluate` on {sampling.get('num_samples', '?')} samples "
         f"({sampling.get('num_per_class', '?')} per class, PNG), guidance_scale={sampling.get('guidance_scale')}, "
-        f"top_k={sampling.get('top_k')}, top_p={sampling.get('top_p')}, seed={sampling.get('seed')}; features: "
+        f"top_k={sampling.get('top_k')}, top_p={sampling.get('top_p')}, "
+        f"temperature={sampling.get('temperature', 1.0)}, seed={sampling.get('seed')}; features: "
         f"{extractor.get('name', 'unknown')}; reference: `{os.path.basename(str(reference.get('source', '?')))}` "
         f"({reference.get('kind', '?')}).",
         "",

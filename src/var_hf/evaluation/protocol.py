@@ -30,6 +30,7 @@ REFERENCE_PROTOCOL = {
     "guidance_scale": 1.5,
     "top_k": 900,
     "top_p": 0.96,
+    "temperature": 1.0,
     "more_smooth": False,
     "image_format": "png",
 }
@@ -51,8 +52,10 @@ class SamplingProtocol:
         num_per_class (`int`, *optional*, defaults to 50):
             Samples per class.
         guidance_scale (`float`, *optional*, defaults to 1.5), top_k (`int`, *optional*, defaults to 900),
-        top_p (`float`, *optional*, defaults to 0.96), more_smooth (`bool`, *optional*, defaults to `False`):
-            Sampling settings passed to the pipeline (`top_k=0` / `top_p=0` disable the filters).
+        top_p (`float`, *optional*, defaults to 0.96), temperature (`float`, *optional*, defaults to 1.0),
+        more_smooth (`bool`, *optional*, defaults to `False`):
+            Sampling settings passed to the pipeline (`top_k=0` / `top_p=0` disable the filters). Every one is passed
+            explicitly, so a pipeline's saved `sampling_defaults` never change what an evaluation draws.
         seed (`int`, *optional*, defaults to 0):
             Base of the per-sample seeds ([`sample_seed`]).
         batch_size (`int`, *optional*, defaults to 25):
@@ -74,6 +77,7 @@ class SamplingProtocol:
     guidance_scale: float = REFERENCE_PROTOCOL["guidance_scale"]
     top_k: int = REFERENCE_PROTOCOL["top_k"]
     top_p: float = REFERENCE_PROTOCOL["top_p"]
+    temperature: float = REFERENCE_PROTOCOL["temperature"]
     more_smooth: bool = REFERENCE_PROTOCOL["more_smooth"]
     seed: int = 0
     batch_size: int = 25
@@ -92,12 +96,14 @@ class SamplingProtocol:
             raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}.")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}.")
-        for name in ("guidance_scale", "top_p"):
+        for name in ("guidance_scale", "top_p", "temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p!r}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}.")
 
     def resolved_class_ids(self, num_classes: int) -> List[int]:
         """The classes to sample for a `num_classes`-class model (all when `class_ids` is `None`)."""
@@ -109,15 +115,15 @@ class SamplingProtocol:
         return list(self.class_ids)
 
     def pipeline_kwargs(self) -> Dict[str, Any]:
-        return dict(guidance_scale=self.guidance_scale, top_k=self.top_k, top_p=self.top_p, more_smooth=self.more_smooth)
+        return dict(guidance_scale=self.guidance_scale, top_k=self.top_k, top_p=self.top_p,
+                    temperature=self.temperature, more_smooth=self.more_smooth)
 
     def is_reference(self, num_classes: int) -> bool:
         """True when every setting is the paper's protocol (all classes, 50 per class, 1.5 / 900 / 0.96, no smoothing)."""
         p = REFERENCE_PROTOCOL
         all_classes = self.class_ids is None or sorted(set(self.class_ids)) == list(range(num_classes))
-        return all_classes and (self.num_per_class, self.guidance_scale, self.top_k, self.top_p, self.more_smooth) == (
-            p["num_per_class"], p["guidance_scale"], p["top_k"], p["top_p"], p["more_smooth"],
-        )
+        settings = ("num_per_class", "guidance_scale", "top_k", "top_p", "temperature", "more_smooth")
+        return all_classes and all(getattr(self, name) == p[name] for name in settings)
 
     def report(self, num_classes: int) -> Dict[str, Any]:
         """The `sampling` section of metrics.json (without the sample count and device, which the runner adds)."""
@@ -128,6 +134,7 @@ class SamplingProtocol:
             "guidance_scale": self.guidance_scale,
             "top_k": self.top_k,
             "top_p": self.top_p,
+            "temperature": self.temperature,
             "more_smooth": self.more_smooth,
             "seed": self.seed,
             "seed_rule": SEED_RULE,
