@@ -381,6 +381,21 @@ def test_temperature_is_part_of_the_protocol_and_saved_defaults_do_not_leak_in(t
         make_protocol(temperature=0.0)
 
 
+def test_samples_drawn_with_other_settings_are_never_reused(tiny_pipeline, tmp_path):
+    folder = str(tmp_path / "samples")
+    kwargs = dict(class_ids=[1], num_per_class=2, progress=False)
+    first = evaluation.generate_samples(tiny_pipeline, folder, seed=0, **kwargs)
+    for change, name in ((dict(seed=1), "seed"), (dict(temperature=0.5), "temperature"),
+                         (dict(guidance_scale=3.0), "guidance_scale")):
+        with pytest.raises(ValueError, match=f"other settings \\({name}: "):
+            evaluation.generate_samples(tiny_pipeline, folder, seed=change.pop("seed", 0), **change, **kwargs)
+    more = evaluation.generate_samples(tiny_pipeline, folder, seed=0, class_ids=[1], num_per_class=3, progress=False)
+    assert more.num_generated == 1 and more.paths[:2] == first.paths  # same settings: extended, not redrawn
+    os.remove(os.path.join(folder, evaluation.protocol.SETTINGS_FILENAME))
+    with pytest.raises(ValueError, match="no sampling_settings.json"):
+        evaluation.generate_samples(tiny_pipeline, folder, seed=0, **kwargs)
+
+
 def test_missing_inception_weights_fail_before_sampling(tiny_pipeline, tmp_path, capsys):
     model_dir, out = str(tmp_path / "model"), tmp_path / "eval"
     tiny_pipeline.save_pretrained(model_dir)

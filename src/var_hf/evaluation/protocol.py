@@ -12,6 +12,7 @@ is interrupted and restarted writes the same files.
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import zipfile
@@ -209,6 +210,7 @@ def generate_samples(
     size = protocol.batch_size
     chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
     todo = [chunk for chunk in chunks if not all(os.path.isfile(paths[j]) for j in chunk)]
+    check_or_record_settings(sample_dir, protocol, reusing=len(todo) < len(chunks))
 
     device = pipe._execution_device
     previous_bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
@@ -241,6 +243,39 @@ def generate_samples(
         num_skipped=len(items) - num_generated,
         num_batches=len(todo),
     )
+
+
+SETTINGS_FILENAME = "sampling_settings.json"
+# What decides a sample's pixels besides the model; class list, count and batch size may change between runs.
+_DRAW_SETTINGS = ("guidance_scale", "top_k", "top_p", "temperature", "more_smooth", "seed")
+
+
+def check_or_record_settings(sample_dir: str, protocol: SamplingProtocol, reusing: bool):
+    """Samples already in `sample_dir` are reused only if they were drawn with the same settings (recorded in
+    `sampling_settings.json` by the run that wrote them); otherwise a `ValueError` names what differs."""
+    from var_hf.file_utils import write_json_atomically
+
+    wanted = {name: getattr(protocol, name) for name in _DRAW_SETTINGS}
+    wanted["seed_rule"] = SEED_RULE
+    path = os.path.join(sample_dir, SETTINGS_FILENAME)
+    if os.path.isfile(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        differing = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        if differing:
+            raise ValueError(
+                f"{sample_dir} holds samples drawn with other settings ("
+                + ", ".join(f"{k}: {recorded.get(k)!r} there, {wanted[k]!r} now" for k in differing)
+                + "); use another output folder, or delete that one to draw again."
+            )
+        return
+    if reusing:
+        raise ValueError(
+            f"{sample_dir} holds samples but no {SETTINGS_FILENAME} saying how they were drawn; use another output "
+            "folder, or delete that one to draw again."
+        )
+    os.makedirs(sample_dir, exist_ok=True)
+    write_json_atomically(path, wanted)
 
 
 def write_samples_npz(path: str, images: ImagesOrPaths, class_labels: Sequence[int], batch_size: int = 256) -> str:
