@@ -48,9 +48,6 @@ def main(argv=None) -> int:
     with torch.no_grad():
         recon = torch.cat([vqvae.reconstruct(real[i:i + args.batch_size]) for i in range(0, len(real), args.batch_size)])
 
-    def to_uint8(x):
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
     real_u8, recon_u8 = to_uint8(real), to_uint8(recon)
     mse = ((real_u8.astype(np.float64) - recon_u8.astype(np.float64)) / 255.0) ** 2
     psnr = float(np.mean(10 * np.log10(1.0 / mse.reshape(len(mse), -1).mean(axis=1))))
@@ -64,6 +61,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def score_reconstructions(vqvae, classifier, output_dir, num_per_class, batch_size):
     from var_hf.evaluation import load_real_images
     from var_hf.evaluation.references import load_reference
@@ -75,7 +77,7 @@ def score_reconstructions(vqvae, classifier, output_dir, num_per_class, batch_si
     real = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W) in [-1, 1]
     with torch.no_grad():
         recon = torch.cat([vqvae.reconstruct(real[i:i + batch_size]) for i in range(0, len(real), batch_size)])
-    recon_u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    recon_u8 = to_uint8(recon)
     reference = load_reference("fashion-mnist", split="test", resolution=resolution)
     os.makedirs(output_dir, exist_ok=True)
     results, _ = compute_sample_metrics(

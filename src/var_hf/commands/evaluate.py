@@ -175,8 +175,7 @@ def run(args) -> int:
         protocol = SamplingProtocol(
             class_ids=class_ids, num_per_class=args.num_per_class, guidance_scale=args.guidance_scale,
             top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, more_smooth=args.more_smooth,
-            seed=args.seed,
-            batch_size=args.batch_size,
+            seed=args.seed, batch_size=args.batch_size,
         )
         pipe = VARPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
         result = evaluate_pipeline(

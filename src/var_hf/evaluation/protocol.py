@@ -210,7 +210,7 @@ def generate_samples(
     size = protocol.batch_size
     chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
     todo = [chunk for chunk in chunks if not all(os.path.isfile(paths[j]) for j in chunk)]
-    check_or_record_settings(sample_dir, protocol, reusing=len(todo) < len(chunks))
+    check_or_record_settings(sample_dir, protocol, reusing=any(os.path.isfile(path) for path in paths))
 
     device = pipe._execution_device
     previous_bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
