@@ -396,6 +396,70 @@ def test_samples_drawn_with_other_settings_are_never_reused(tiny_pipeline, tmp_p
         evaluation.generate_samples(tiny_pipeline, folder, seed=0, **kwargs)
 
 
+def test_samples_drawn_by_other_weights_are_never_reused(tiny_pipeline, tmp_path):
+    # Same architecture and settings, one decoder weight changed (as a decoder fine-tune would): the samples on
+    # disk came from another model and must not be scored as this one's.
+    folder = str(tmp_path / "samples")
+    kwargs = dict(seed=0, class_ids=[1], num_per_class=2, progress=False)
+    evaluation.generate_samples(tiny_pipeline, folder, **kwargs)
+    weight = tiny_pipeline.vqvae.decoder.conv_out.weight
+    before, original = evaluation.protocol.pipeline_fingerprint(tiny_pipeline), weight[0, 0, 0, 0].item()
+    with torch.no_grad():
+        weight[0, 0, 0, 0] += 0.5  # a value the fingerprint's subsample must see
+    try:
+        assert evaluation.protocol.pipeline_fingerprint(tiny_pipeline) != before
+        with pytest.raises(ValueError, match=r"other settings \(model_fingerprint: "):
+            evaluation.generate_samples(tiny_pipeline, folder, **kwargs)
+    finally:
+        with torch.no_grad():
+            weight[0, 0, 0, 0] = original
+    assert evaluation.protocol.pipeline_fingerprint(tiny_pipeline) == before
+    assert evaluation.generate_samples(tiny_pipeline, folder, **kwargs).num_generated == 0
+
+
+def _load_docs_script(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_spread_summarises_independent_draws(tiny_pipeline, domain_classifier, fashion_dataset, tmp_path):
+    seed_spread = _load_docs_script("seed_spread")
+    model_dir, out = str(tmp_path / "model"), tmp_path / "spread"
+    tiny_pipeline.save_pretrained(model_dir)
+    fashion_dataset.save_to_disk(str(tmp_path / "reference"))
+    evaluate_args = [
+        "--model", model_dir, "--reference", str(tmp_path / "reference"), "--num-per-class", "3", "--batch-size", "6",
+        "--feature-extractor", "domain", "--domain-classifier", domain_classifier[1], "--reference-max-samples", "60",
+        "--device", "cpu", "--quiet",
+    ]
+    assert seed_spread.main(["--seeds", "0-1,5", "--output-dir", str(out), "--"] + evaluate_args) == 0
+    report = json.loads((out / "seed_spread.json").read_text())
+    assert report["seeds"] == [0, 1, 5]
+    fids = [report["per_seed"][s]["fid"] for s in ("0", "1", "5")]
+    for s in ("0", "1", "5"):  # each seed is a real evaluation of its own draw
+        assert json.loads((out / f"seed-{s}" / "metrics.json").read_text())["sampling"]["seed"] == int(s)
+    assert len(set(fids)) == 3  # different seeds, different samples
+    fid = report["summary"]["fid"]
+    assert fid["mean"] == pytest.approx(np.mean(fids)) and fid["std"] == pytest.approx(np.std(fids, ddof=1))
+    assert (fid["min"], fid["max"]) == (min(fids), max(fids))
+    # The reference features of the first seed were reused, not recomputed.
+    cache = "reference_features.npz"
+    assert (out / "seed-1" / cache).read_bytes() == (out / "seed-0" / cache).read_bytes()
+    assert seed_spread.summarise({"0": {"fid": float("nan"), "recall": 0.5}, "1": {"fid": 1.0, "recall": 0.7}}) == {
+        "recall": {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414, abs=1e-4), "min": 0.5, "max": 0.7}
+    }  # a NaN metric is never averaged
+    for bad in ("", "1-x", "2,2", "-1"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            seed_spread.parse_seeds(bad)
+    with pytest.raises(SystemExit, match="--seed is set by this script"):
+        seed_spread.main(["--seeds", "0", "--output-dir", str(out), "--", "--seed", "3"] + evaluate_args)
+
+
 def test_missing_inception_weights_fail_before_sampling(tiny_pipeline, tmp_path, capsys):
     model_dir, out = str(tmp_path / "model"), tmp_path / "eval"
     tiny_pipeline.save_pretrained(model_dir)

@@ -1,7 +1,8 @@
 """Draw the training curves of a two-stage var_hf run (VQVAE, then VAR) from the runs' `logs/metrics.jsonl`.
 
     pip install -e ".[plots]"
-    python docs/scripts/plot_training_curves.py --vqvae-run RUN/vqvae --var-run RUN/var [RUN/var2 ...] --out docs/images/default_model_training.png
+    python docs/scripts/plot_training_curves.py --vqvae-run RUN/vqvae [RUN/decoder ...] \
+        --var-run RUN/var [RUN/var2 ...] --out docs/images/default_model_training.png
 
 Panels: the tokenizer's reconstruction loss and validation PSNR; the transformer's mean and finest-scale cross-entropy
 (train, and validation where logged); its per-scale token accuracy (train, smoothed over 10 logs).
@@ -50,7 +51,8 @@ def smooth(steps: np.ndarray, values: np.ndarray, window: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vqvae-run", required=True, help="train-vqvae output folder")
+    parser.add_argument("--vqvae-run", required=True, nargs="+",
+                        help="train-vqvae output folder; several: a run and its fine-tunes (--init-from), in order")
     parser.add_argument("--var-run", required=True, nargs="+",
                         help="train-var output folder; several: a run and its continuations (--init-from), in order")
     parser.add_argument("--out", required=True, help="PNG to write")
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
 
     from var_hf.file_utils import atomic_write
 
-    vq_rows = read_metrics(args.vqvae_run)
+    vq_rows, vq_joins = chain_runs(args.vqvae_run)
     var_rows, joins = chain_runs(args.var_run)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 
@@ -77,6 +79,10 @@ def main(argv=None) -> int:
     twin.set_ylabel("PSNR (dB)")
     ax.legend(loc="upper center", fontsize=8)
     twin.legend(loc="center right", fontsize=8)
+    for step in vq_joins:
+        ax.axvline(step, color="grey", ls=":", lw=1)
+        ax.text(step, 0.3, "decoder fine-tune ", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                va="center", fontsize=8, color="grey")
 
     ax = axes[1]
     for key, style in (("train/Lm", "-"), ("train/Lt", "-"), ("val/Lm", "o-"), ("val/Lt", "o-")):

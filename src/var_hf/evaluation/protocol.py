@@ -210,7 +210,8 @@ def generate_samples(
     size = protocol.batch_size
     chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
     todo = [chunk for chunk in chunks if not all(os.path.isfile(paths[j]) for j in chunk)]
-    check_or_record_settings(sample_dir, protocol, reusing=any(os.path.isfile(path) for path in paths))
+    check_or_record_settings(sample_dir, protocol, reusing=any(os.path.isfile(path) for path in paths),
+                             model_fingerprint=pipeline_fingerprint(pipe))
 
     device = pipe._execution_device
     previous_bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
@@ -248,15 +249,37 @@ def generate_samples(
 SETTINGS_FILENAME = "sampling_settings.json"
 # What decides a sample's pixels besides the model; class list, count and batch size may change between runs.
 _DRAW_SETTINGS = ("guidance_scale", "top_k", "top_p", "temperature", "more_smooth", "seed")
+_FINGERPRINT_VALUES_PER_TENSOR = 4096
 
 
-def check_or_record_settings(sample_dir: str, protocol: SamplingProtocol, reusing: bool):
-    """Samples already in `sample_dir` are reused only if they were drawn with the same settings (recorded in
-    `sampling_settings.json` by the run that wrote them); otherwise a `ValueError` names what differs."""
+def pipeline_fingerprint(pipe) -> str:
+    """A short hash of the weights that draw samples (transformer and VQVAE): names, shapes, dtypes and up to 4,096
+    evenly spaced values of every tensor. Two trainings, or a fine-tuned decoder, differ in nearly every value, so
+    this tells them apart without reading all of a multi-GB checkpoint."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for component in ("transformer", "vqvae"):
+        for name, tensor in getattr(pipe, component).state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            stride = max(1, flat.numel() // _FINGERPRINT_VALUES_PER_TENSOR)
+            values = flat[::stride][:_FINGERPRINT_VALUES_PER_TENSOR].to("cpu", torch.float32).contiguous()
+            digest.update(f"{component}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(values.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_or_record_settings(sample_dir: str, protocol: SamplingProtocol, reusing: bool, model_fingerprint: str):
+    """Samples already in `sample_dir` are reused only if the same weights (`model_fingerprint`, see
+    [`pipeline_fingerprint`]) drew them with the same settings, as recorded in `sampling_settings.json` by the run
+    that wrote them; otherwise a `ValueError` names what differs."""
     from var_hf.file_utils import write_json_atomically
 
     wanted = {name: getattr(protocol, name) for name in _DRAW_SETTINGS}
     wanted["seed_rule"] = SEED_RULE
+    wanted["model_fingerprint"] = model_fingerprint
     path = os.path.join(sample_dir, SETTINGS_FILENAME)
     if os.path.isfile(path):
         with open(path) as f:
@@ -265,7 +288,8 @@ def check_or_record_settings(sample_dir: str, protocol: SamplingProtocol, reusin
         if differing:
             raise ValueError(
                 f"{sample_dir} holds samples drawn with other settings ("
-                + ", ".join(f"{k}: {recorded.get(k)!r} there, {wanted[k]!r} now" for k in differing)
+                + ", ".join(f"{k}: {recorded[k]!r} there, {wanted[k]!r} now" if k in recorded
+                            else f"{k}: not recorded there, {wanted[k]!r} now" for k in differing)
                 + "); use another output folder, or delete that one to draw again."
             )
         return
