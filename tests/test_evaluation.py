@@ -327,6 +327,10 @@ def test_evaluate_end_to_end_with_the_domain_extractor_and_resume(
     assert report["feature_extractor"]["name"] == "domain-classifier"
     assert report["metric_settings"]["nearest_k"] == 3
     assert report["model"]["name_or_path"] == model_dir and report["model"]["num_classes"] == 4
+    # The weights that drew the samples, as recorded beside them: the saved and reloaded pipeline's, not another's.
+    recorded = json.loads((out / "samples" / evaluation.protocol.SETTINGS_FILENAME).read_text())
+    assert report["model"]["weights_fingerprint"] == recorded["model_fingerprint"]
+    assert report["model"]["weights_fingerprint"] == evaluation.protocol.pipeline_fingerprint(tiny_pipeline)
 
     # Resume with everything present: no sampling, files untouched.
     mtimes = {p: os.stat(out / "samples" / p).st_mtime_ns for p in pngs}

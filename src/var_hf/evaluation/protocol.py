@@ -169,13 +169,15 @@ def sample_path(sample_dir: str, class_id: int, index: int, num_classes: int = 1
 @dataclass
 class SamplingResult:
     """What [`generate_samples`] did. `num_generated` counts samples the model produced in this call (a resumed run
-    that finds every file produces none); `num_batches` the pipeline calls."""
+    that finds every file produces none); `num_batches` the pipeline calls; `model_fingerprint` identifies the weights
+    that drew the samples ([`pipeline_fingerprint`])."""
 
     paths: List[str]
     class_labels: List[int]
     num_generated: int
     num_skipped: int
     num_batches: int
+    model_fingerprint: str
 
 
 def generate_samples(
@@ -210,8 +212,9 @@ def generate_samples(
     size = protocol.batch_size
     chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
     todo = [chunk for chunk in chunks if not all(os.path.isfile(paths[j]) for j in chunk)]
+    fingerprint = pipeline_fingerprint(pipe)
     check_or_record_settings(sample_dir, protocol, reusing=any(os.path.isfile(path) for path in paths),
-                             model_fingerprint=pipeline_fingerprint(pipe))
+                             model_fingerprint=fingerprint)
 
     device = pipe._execution_device
     previous_bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
@@ -243,6 +246,7 @@ def generate_samples(
         num_generated=num_generated,
         num_skipped=len(items) - num_generated,
         num_batches=len(todo),
+        model_fingerprint=fingerprint,
     )
 
 

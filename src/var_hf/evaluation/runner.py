@@ -138,6 +138,7 @@ def evaluate_pipeline(
         "image_size": image_size,
         "depth": pipe.transformer.config.depth,
         "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+        "weights_fingerprint": sampling.model_fingerprint,
     }
     files = {"samples": SAMPLES_DIRNAME, "npz": SAMPLES_NPZ_FILENAME}
     report = _write_report(output_dir, results, details, model, sampling_report, ref, extractor, files)
