@@ -16,8 +16,8 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
+from bench_var import random_training_batch, train_step_fn
 from var_hf import MultiScaleVQVAE, MultiScaleVQVAEConfig, VARPipeline, VARScaleScheduler, VARTransformer, VARTransformerConfig
 from var_hf.file_utils import default_device
 
@@ -52,19 +52,12 @@ def build(patch_nums, args, device):
         patch_nums=patch_nums, use_attention=False,
     )).to(device).eval()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(1)
-    gt_BL = torch.randint(0, 256, (args.batch_size, config.seq_len), generator=g).to(device)
-    tf_input = torch.randn(args.batch_size, config.seq_len - config.first_len, 16, generator=g).to(device)
-    labels_B = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+    step = train_step_fn(transformer, *random_training_batch(config, args.batch_size, device), optimizer)
 
     def train_step():
         transformer.train()
-        with autocast(device):
-            logits = transformer(labels_B, tf_input).logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), gt_BL.view(-1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):  # bench_var's step autocasts on CUDA only; training autocasts on CPU too
+            step()
 
     pipe = VARPipeline(vqvae=vqvae, transformer=transformer, scheduler=VARScaleScheduler(patch_nums=list(patch_nums)))
     pipe.set_progress_bar_config(disable=True)

@@ -20,8 +20,6 @@ import os
 import shutil
 import sys
 
-REFERENCE_CACHE = "reference_features.npz"
-
 
 def parse_seeds(text: str):
     seeds = []
@@ -61,20 +59,22 @@ def main(argv=None) -> int:
             raise SystemExit(f"{flag} is set by this script; remove it from the arguments after --")
 
     from var_hf.commands import evaluate
+    from var_hf.evaluation.runner import METRICS_FILENAME, REFERENCE_CACHE_FILENAME
     from var_hf.file_utils import write_json_atomically
 
     per_seed = {}
     for seed in seeds:
         seed_dir = os.path.join(args.output_dir, f"seed-{seed}")
-        cached = os.path.join(args.output_dir, f"seed-{seeds[0]}", REFERENCE_CACHE)
-        if seed != seeds[0] and os.path.isfile(cached) and not os.path.exists(os.path.join(seed_dir, REFERENCE_CACHE)):
+        cached = os.path.join(args.output_dir, f"seed-{seeds[0]}", REFERENCE_CACHE_FILENAME)
+        target = os.path.join(seed_dir, REFERENCE_CACHE_FILENAME)
+        if seed != seeds[0] and os.path.isfile(cached) and not os.path.exists(target):
             os.makedirs(seed_dir, exist_ok=True)
-            shutil.copyfile(cached, os.path.join(seed_dir, REFERENCE_CACHE))
+            shutil.copyfile(cached, target)
         code = evaluate.main(evaluate_args + ["--seed", str(seed), "--output-dir", seed_dir])
         if code != 0:
             print(f"var-hf evaluate failed at seed {seed} (exit code {code})", file=sys.stderr)
             return code
-        with open(os.path.join(seed_dir, "metrics.json")) as f:
+        with open(os.path.join(seed_dir, METRICS_FILENAME)) as f:
             per_seed[str(seed)] = json.load(f)["metrics"]
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(per_seed[str(seed)].items())))
 
