@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     from var_hf.commands import evaluate
     from var_hf.evaluation.runner import METRICS_FILENAME, REFERENCE_CACHE_FILENAME
-    from var_hf.file_utils import write_json_atomically
+    from var_hf.file_utils import atomic_write, write_json_atomically
 
     per_seed = {}
     for seed in seeds:
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
         target = os.path.join(seed_dir, REFERENCE_CACHE_FILENAME)
         if seed != seeds[0] and os.path.isfile(cached) and not os.path.exists(target):
             os.makedirs(seed_dir, exist_ok=True)
-            shutil.copyfile(cached, target)
+            with open(cached, "rb") as source, atomic_write(target) as copy:  # no half-written cache on interrupt
+                shutil.copyfileobj(source, copy)
         code = evaluate.main(evaluate_args + ["--seed", str(seed), "--output-dir", seed_dir])
         if code != 0:
             print(f"var-hf evaluate failed at seed {seed} (exit code {code})", file=sys.stderr)
