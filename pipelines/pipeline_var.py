@@ -93,7 +93,7 @@ class VARPipeline(VARPipelineLoadingMixin, VARLabelsMixin, VARInputsMixin, VARDe
         check_components(dict(vqvae=vqvae, transformer=transformer, scheduler=scheduler), self._component_classes)
         self.register_modules(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
         id2label = {int(k): str(v) for k, v in (id2label or default_id2label(transformer.config)).items()}
-        defaults = SamplingSettings.from_dict(sampling_defaults or {})
+        defaults = SamplingSettings.from_dict(sampling_defaults or {}).check_num_scales(scheduler.config.patch_nums)
         self.register_to_config(id2label={str(k): v for k, v in id2label.items()}, sampling_defaults=defaults.to_dict())
         self.label_map = LabelMap(id2label, transformer.config.num_classes)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
@@ -113,7 +113,7 @@ class VARPipeline(VARPipelineLoadingMixin, VARLabelsMixin, VARInputsMixin, VARDe
         guidance_scale: Optional[float] = None,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
-        temperature: Optional[float] = None,
+        temperature: Optional[Union[float, Sequence[float]]] = None,
         more_smooth: Optional[bool] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         num_images_per_label: int = 1,
@@ -137,7 +137,8 @@ class VARPipeline(VARPipelineLoadingMixin, VARLabelsMixin, VARInputsMixin, VARDe
                 with `t_k = guidance_scale * k / (K - 1)`. 0 disables guidance.
             top_k (`int`, *optional*): keep the k most likely codes (0 disables).
             top_p (`float`, *optional*): nucleus threshold in [0, 1] (0 disables).
-            temperature (`float`, *optional*): softmax temperature (> 0).
+            temperature (`float` or a list of `float`, *optional*): softmax temperature (> 0), or one per scale,
+                coarse to fine (e.g. above 1 on the first few scales only: more varied shapes, the same fine detail).
             more_smooth (`bool`, *optional*): the reference's Gumbel-softmax smoothing (visual quality, not FID).
             generator (`torch.Generator` or a list, *optional*): one for the batch (seeded like the reference's
                 `g_seed` it reproduces its samples on the same device) or one per image, on the pipeline's device.
@@ -227,7 +228,7 @@ class VARPipeline(VARPipelineLoadingMixin, VARLabelsMixin, VARInputsMixin, VARDe
             logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], i, settings.guidance_scale)
             step = scheduler.step(
                 logits_BlV, i, generator=generator, top_k=settings.top_k, top_p=settings.top_p,
-                temperature=settings.temperature, more_smooth=settings.more_smooth,
+                temperature=settings.temperature_at(i), more_smooth=settings.more_smooth,
                 codebook=vqvae.quantizer.codebook.weight, sort_free=sort_free, sync_free=fast,
             )
             if fast:

@@ -205,7 +205,7 @@ class VARCollaborativePipeline(VARPipeline):
             logits_BlV = scheduler.apply_guidance(logits_2BlV[:B], logits_2BlV[B:], i, settings.guidance_scale)
             step = scheduler.step(
                 logits_BlV, i, generator=generator, top_k=settings.top_k, top_p=settings.top_p,
-                temperature=settings.temperature, more_smooth=settings.more_smooth,
+                temperature=settings.temperature_at(i), more_smooth=settings.more_smooth,
                 codebook=vqvae.quantizer.codebook.weight,
             )
             f_hat, token_map, next_BlC = self._add_scale(  # as in VARPipeline: edit blend, f_hat, callback

@@ -400,6 +400,19 @@ def test_samples_drawn_with_other_settings_are_never_reused(tiny_pipeline, tmp_p
         evaluation.generate_samples(tiny_pipeline, folder, seed=0, **kwargs)
 
 
+def test_samples_drawn_with_a_per_scale_temperature_are_reused_only_with_the_same_list(tiny_pipeline, tmp_path):
+    # The settings file records the list as JSON does; the same list must read back as the same settings.
+    folder = str(tmp_path / "samples")
+    num_scales = len(tiny_pipeline.scheduler.config.patch_nums)
+    per_scale = [1.5] + [1.0] * (num_scales - 1)
+    kwargs = dict(class_ids=[1], seed=0, progress=False)
+    first = evaluation.generate_samples(tiny_pipeline, folder, num_per_class=2, temperature=per_scale, **kwargs)
+    more = evaluation.generate_samples(tiny_pipeline, folder, num_per_class=3, temperature=tuple(per_scale), **kwargs)
+    assert more.num_generated == 1 and more.paths[:2] == first.paths
+    with pytest.raises(ValueError, match="other settings \\(temperature: "):
+        evaluation.generate_samples(tiny_pipeline, folder, num_per_class=2, temperature=[1.0] * num_scales, **kwargs)
+
+
 def test_samples_drawn_by_other_weights_are_never_reused(tiny_pipeline, tmp_path):
     # Same architecture and settings, one decoder weight changed (as a decoder fine-tune would): the samples on
     # disk came from another model and must not be scored as this one's.

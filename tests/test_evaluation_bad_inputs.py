@@ -144,6 +144,8 @@ BAD_PROTOCOLS = {
     "top_p": (dict(top_p=1.5), "top_p"),
     "temperature zero": (dict(temperature=0.0), "temperature"),
     "temperature nan": (dict(temperature=float("nan")), "temperature"),
+    "temperature per scale, one negative": (dict(temperature=[1.3, -1.0, 1.0]), r"temperature\[1\]"),
+    "temperature empty list": (dict(temperature=[]), "temperature"),
     "guidance_scale": (dict(guidance_scale=float("nan")), "guidance_scale"),
     "guidance_scale str": (dict(guidance_scale="4"), "guidance_scale"),
     "class_ids": (dict(class_ids=[-1]), "class_ids"),
@@ -156,6 +158,14 @@ def test_a_bad_sampling_protocol_names_the_setting(case):
     settings, name = BAD_PROTOCOLS[case]
     with pytest.raises(ValueError, match=name):
         SamplingProtocol(**settings)
+
+
+def test_a_per_scale_temperature_of_the_wrong_length_fails_before_sampling(tiny_pipeline, tmp_path):
+    num_scales = len(tiny_pipeline.scheduler.config.patch_nums)
+    with pytest.raises(ValueError, match=f"temperature has {num_scales + 1} values but this pipeline samples {num_scales}"):
+        evaluate_pipeline(tiny_pipeline, str(tmp_path / "out"), temperature=[1.0] * (num_scales + 1),
+                          compute_metrics=False, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_out_of_range_classes_fail_before_sampling(tiny_pipeline, tmp_path):
@@ -173,6 +183,8 @@ BAD_COMMAND_LINES = {
     "bad top-p": (["--model", "m", "--reference", "r", "--top-p", "2"], "--top-p"),
     "zero temperature": (["--model", "m", "--reference", "r", "--temperature", "0"], "--temperature"),
     "nan temperature": (["--model", "m", "--reference", "r", "--temperature", "nan"], "--temperature"),
+    "bad per-scale temperature": (["--model", "m", "--reference", "r", "--temperature", "1.3,0,1"], "--temperature"),
+    "not a temperature list": (["--model", "m", "--reference", "r", "--temperature", "1.3;1"], "--temperature"),
     "real images without a resolution": (
         ["--real-images", "fashion-mnist", "--reference", "fashion-mnist"], "--reference-resolution"
     ),

@@ -153,6 +153,25 @@ def test_sampling_defaults_are_saved_and_used_when_no_setting_is_given(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(one.token_maps, one_explicit.token_maps))
 
 
+def test_a_per_scale_temperature_default_round_trips_and_is_checked_against_the_schedule(tmp_path):
+    pipe = make_pipeline(num_classes=5)
+    num_scales = len(pipe.scheduler.config.patch_nums)
+    per_scale = [1.5] + [1.0] * (num_scales - 1)
+    saved = VARPipeline(vqvae=pipe.vqvae, transformer=pipe.transformer, scheduler=pipe.scheduler,
+                        sampling_defaults={"temperature": per_scale})
+    saved.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["sampling_defaults"]["temperature"] == per_scale
+    loaded = VARPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.sampling_defaults["temperature"] == per_scale
+    implicit = loaded(class_labels=[0, 2], generator=gen(1), output_type="latent")
+    explicit = loaded(class_labels=[0, 2], generator=gen(1), output_type="latent", temperature=per_scale)
+    assert all(torch.equal(a, b) for a, b in zip(implicit.token_maps, explicit.token_maps))
+    with pytest.raises(ValueError, match=f"temperature has {num_scales - 1} values"):
+        VARPipeline(vqvae=pipe.vqvae, transformer=pipe.transformer, scheduler=pipe.scheduler,
+                    sampling_defaults={"temperature": per_scale[1:]})
+
+
 def test_a_pipeline_saved_without_defaults_gets_the_references():
     pipe = make_pipeline(num_classes=5)
     assert pipe.sampling_defaults == {"guidance_scale": 4.0, "top_k": 900, "top_p": 0.95, "temperature": 1.0,

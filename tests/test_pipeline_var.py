@@ -72,6 +72,21 @@ def test_seed_determinism(pipe):
     assert np.abs(a - c).max() > 1e-3
 
 
+def test_a_per_scale_temperature_acts_on_its_own_scale(pipe):
+    """A list gives scale k the temperature at index k: equal values are the single number, and raising only the
+    last scale's temperature leaves every coarser token map as it was."""
+    K = len(PATCH_NUMS)
+    kwargs = dict(class_labels=[0, 1, 2, 3], output_type="latent", top_k=0, top_p=0.0)
+    single = pipe(generator=gen(3), temperature=1.0, **kwargs).token_maps
+    as_list = pipe(generator=gen(3), temperature=[1.0] * K, **kwargs).token_maps
+    assert all(torch.equal(a, b) for a, b in zip(single, as_list))
+    hot_last = pipe(generator=gen(3), temperature=[1.0] * (K - 1) + [50.0], **kwargs).token_maps
+    assert all(torch.equal(a, b) for a, b in zip(single[:-1], hot_last[:-1]))
+    assert not torch.equal(single[-1], hot_last[-1])
+    hot_first = pipe(generator=gen(3), temperature=[50.0] + [1.0] * (K - 1), **kwargs).token_maps
+    assert not torch.equal(single[0], hot_first[0])
+
+
 def test_mixed_labels_and_names(pipe):
     assert pipe.get_label_ids([2, "dog", "Puppy", None, "CAT"]) == [2, 1, 1, 5, 0]
     out = pipe(class_labels=[2, "dog", None], num_images_per_label=2, generator=gen(0), output_type="np")
@@ -348,6 +363,16 @@ def test_generate_command(pipe, tmp_path, capsys):
     assert any("_1_dog" in f for f in files) and any("uncond" in f for f in files)
     first = PIL.Image.open(out_dir / files[0])
     assert first.size == (16, 16)
+    # A per-scale temperature on the command line is the same list given to the pipeline.
+    rc = cli_main(["generate", "--model", str(model_dir), "--label", "dog", "--seed", "0", "--temperature",
+                   "2,1,1,1", "--out", str(tmp_path / "per_scale")])
+    expected = pipe(class_labels=[1], generator=gen(0), temperature=[2.0, 1.0, 1.0, 1.0], output_type="np").images[0]
+    written = np.asarray(PIL.Image.open(tmp_path / "per_scale" / sorted(os.listdir(tmp_path / "per_scale"))[0]))
+    assert rc == 0 and np.array_equal(written, (expected * 255).round().astype(np.uint8))
+    rc = cli_main(["generate", "--model", str(model_dir), "--label", "dog", "--temperature", "2,1",
+                   "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "temperature has 2 values but this pipeline samples 4 scales" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     rc = cli_main(["generate", "--model", str(model_dir), "--label", "dgo", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "Unknown class name 'dgo'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -11,7 +11,7 @@ the sampling loop. Every check names the parameter and runs before any model wor
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -50,6 +50,20 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_temperature(name: str, value) -> Union[float, Tuple[float, ...]]:
+    """One softmax temperature (> 0) for every scale, or a list/tuple of them, one per scale, coarse to fine."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} is an empty list; give one number (> 0) or one number per scale, coarse to fine.")
+        return tuple(_real(f"{name}[{k}]", v, exclusive_minimum=0.0) for k, v in enumerate(value))
+    if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{name} must be a number > 0 or a list of them (one per scale, coarse to fine), got "
+            f"{type(value).__name__} {value!r}."
+        )
+    return _real(name, value, exclusive_minimum=0.0)
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Sampling settings of one call.
@@ -58,7 +72,9 @@ class SamplingSettings:
         guidance_scale (`float`, defaults to 4.0): the reference's `cfg`; 0 disables guidance.
         top_k (`int`, defaults to 900): keep the k most likely codes (0 disables).
         top_p (`float`, defaults to 0.95): nucleus threshold in [0, 1] (0 disables).
-        temperature (`float`, defaults to 1.0): softmax temperature, > 0.
+        temperature (`float` or a list of `float`, defaults to 1.0): softmax temperature, > 0; a list gives one per
+            scale, coarse to fine (its length must match the pipeline's patch schedule). A temperature above 1 on the
+            coarse scales only widens the range of shapes without adding noise to the fine texture.
         more_smooth (`bool`, defaults to `False`): the reference's Gumbel-softmax smoothing of the fed-back codes.
 
     The defaults are the reference's ImageNet settings (`autoregressive_infer_cfg(cfg=4, top_k=900, top_p=0.95)`).
@@ -67,7 +83,7 @@ class SamplingSettings:
     guidance_scale: float = 4.0
     top_k: int = 900
     top_p: float = 0.95
-    temperature: float = 1.0
+    temperature: Union[float, Tuple[float, ...]] = 1.0
     more_smooth: bool = False
 
     def __post_init__(self):
@@ -76,7 +92,7 @@ class SamplingSettings:
             "guidance_scale": _real("guidance_scale", self.guidance_scale, minimum=0.0),
             "top_k": check_int("top_k", self.top_k, minimum=0),
             "top_p": _real("top_p", self.top_p, minimum=0.0, maximum=1.0),
-            "temperature": _real("temperature", self.temperature, exclusive_minimum=0.0),
+            "temperature": check_temperature("temperature", self.temperature),
             "more_smooth": check_bool("more_smooth", self.more_smooth),
         }
         for key, value in checked.items():
@@ -92,7 +108,24 @@ class SamplingSettings:
         return cls(**values)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values (a per-scale temperature as a list)."""
+        values = asdict(self)
+        if isinstance(values["temperature"], tuple):
+            values["temperature"] = list(values["temperature"])
+        return values
+
+    def temperature_at(self, scale_index: int) -> float:
+        """The softmax temperature of scale `scale_index` (0 the coarsest)."""
+        return self.temperature[scale_index] if isinstance(self.temperature, tuple) else self.temperature
+
+    def check_num_scales(self, patch_nums) -> "SamplingSettings":
+        """These settings, after checking that a per-scale temperature has one value per scale of `patch_nums`."""
+        if isinstance(self.temperature, tuple) and len(self.temperature) != len(patch_nums):
+            raise ValueError(
+                f"temperature has {len(self.temperature)} values but this pipeline samples {len(patch_nums)} scales "
+                f"(patch_nums {list(patch_nums)}); give one value per scale, coarse to fine, or a single number."
+            )
+        return self
 
     def replace(self, **overrides) -> "SamplingSettings":
         """These settings with the non-None `overrides` applied (and checked)."""

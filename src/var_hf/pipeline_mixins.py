@@ -74,7 +74,8 @@ class VARInputsMixin:
         if batch_size == 0:
             raise ValueError("class_labels is empty; pass at least one class id, name or None (unconditional).")
         settings = SamplingSettings.from_dict(self.sampling_defaults).replace(
-            guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature, more_smooth=more_smooth)
+            guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature, more_smooth=more_smooth
+        ).check_num_scales(self.scheduler.config.patch_nums)
         num_images = batch_size * check_int("num_images_per_label", num_images_per_label, minimum=1)
         check_call_options(
             max_batch_size=max_batch_size, fast_path=fast_path, return_dict=return_dict, output_type=output_type,

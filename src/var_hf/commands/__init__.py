@@ -14,6 +14,7 @@ Conventions every command follows, so that they behave alike:
 """
 
 import argparse
+import math
 import os
 import sys
 from typing import Callable, List, Optional, Sequence
@@ -65,6 +66,19 @@ class CLIArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         """One line through `run_command` (argparse would print the usage block first); `--help` shows the usage."""
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def temperature_argument(text: str):
+    """`--temperature`: one number > 0, or comma-separated numbers, one per scale, coarse to fine."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0, or comma-separated numbers (one per scale, coarse to fine), got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every temperature must be a finite number > 0, got {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 def raise_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

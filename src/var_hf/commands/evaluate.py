@@ -9,12 +9,13 @@ With `--reference fashion-mnist` the feature extractor defaults to the bundled F
 reference images are prepared as the default model's training images (full frame, Lanczos to the samples' size).
 """
 
-import math
 import os
 import sys
 from typing import List, Optional
 
-from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command
+from var_hf.commands import (
+    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command, temperature_argument,
+)
 
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")  # var_hf.data.FASHION_MNIST_NAMES, without importing torch
 
@@ -41,7 +42,10 @@ def add_arguments(parser):
     sampling.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance")
     sampling.add_argument("--top-k", type=int, default=900, help="top-k sampling (0 disables)")
     sampling.add_argument("--top-p", type=float, default=0.96, help="nucleus sampling (0 disables)")
-    sampling.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    sampling.add_argument(
+        "--temperature", type=temperature_argument, default=1.0,
+        help="softmax temperature (> 0), or one per scale, coarse to fine, comma-separated (e.g. 1.3,1.3,1.3,1.3,1,1)",
+    )
     sampling.add_argument("--more-smooth", action="store_true", help="Gumbel smoothing (keep off for FID)")
     sampling.add_argument("--seed", type=int, default=0, help="base of the per-sample seeds")
     features = parser.add_argument_group("feature space and reference")
@@ -101,8 +105,6 @@ def _check_arguments(args):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0:
         raise UsageError(f"--top-k must be >= 0 and --top-p in [0, 1], got {args.top_k} and {args.top_p}.")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}.")
     if args.guidance_scale != args.guidance_scale or args.guidance_scale in (float("inf"), float("-inf")):
         raise UsageError(f"--guidance-scale must be a finite number, got {args.guidance_scale}.")
     if args.real_images is not None and args.reference_resolution is None:

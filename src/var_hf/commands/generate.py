@@ -13,7 +13,9 @@ import sys
 import time
 from typing import List, Optional
 
-from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command
+from var_hf.commands import (
+    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command, temperature_argument,
+)
 
 # The files a run writes: `NNNN_<class id>_<slug>.png`, its scale strip, the grid, and the temporary files of
 # var_hf.file_utils.atomic_write left by a killed run. Only these are replaced by --overwrite.
@@ -40,7 +42,10 @@ def build_parser(prog: str = "var-hf generate") -> CLIArgumentParser:
                           help="classifier-free guidance, the reference's cfg (0 disables)")
     sampling.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 disables")
     sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling, 0 disables")
-    sampling.add_argument("--temperature", type=float, default=None, help="softmax temperature")
+    sampling.add_argument(
+        "--temperature", type=temperature_argument, default=None,
+        help="softmax temperature (> 0), or one per scale, coarse to fine, comma-separated (e.g. 1.3,1.3,1.3,1.3,1,1)",
+    )
     sampling.add_argument("--more-smooth", action="store_true", default=None,
                           help="the reference's Gumbel-softmax smoothing")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")

@@ -17,11 +17,12 @@ import math
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from var_hf.file_utils import atomic_write, save_image_atomically
+from var_hf.pipeline_inputs import SamplingSettings, check_temperature
 
 from .images import ImagesOrPaths, iter_image_batches
 
@@ -53,10 +54,11 @@ class SamplingProtocol:
         num_per_class (`int`, *optional*, defaults to 50):
             Samples per class.
         guidance_scale (`float`, *optional*, defaults to 1.5), top_k (`int`, *optional*, defaults to 900),
-        top_p (`float`, *optional*, defaults to 0.96), temperature (`float`, *optional*, defaults to 1.0),
-        more_smooth (`bool`, *optional*, defaults to `False`):
-            Sampling settings passed to the pipeline (`top_k=0` / `top_p=0` disable the filters). Every one is passed
-            explicitly, so a pipeline's saved `sampling_defaults` never change what an evaluation draws.
+        top_p (`float`, *optional*, defaults to 0.96), temperature (`float` or a tuple of them, *optional*, defaults
+        to 1.0), more_smooth (`bool`, *optional*, defaults to `False`):
+            Sampling settings passed to the pipeline (`top_k=0` / `top_p=0` disable the filters; a temperature tuple
+            gives one per scale, coarse to fine). Every one is passed explicitly, so a pipeline's saved
+            `sampling_defaults` never change what an evaluation draws.
         seed (`int`, *optional*, defaults to 0):
             Base of the per-sample seeds ([`sample_seed`]).
         batch_size (`int`, *optional*, defaults to 25):
@@ -78,7 +80,7 @@ class SamplingProtocol:
     guidance_scale: float = REFERENCE_PROTOCOL["guidance_scale"]
     top_k: int = REFERENCE_PROTOCOL["top_k"]
     top_p: float = REFERENCE_PROTOCOL["top_p"]
-    temperature: float = REFERENCE_PROTOCOL["temperature"]
+    temperature: Union[float, Tuple[float, ...]] = REFERENCE_PROTOCOL["temperature"]
     more_smooth: bool = REFERENCE_PROTOCOL["more_smooth"]
     seed: int = 0
     batch_size: int = 25
@@ -97,14 +99,17 @@ class SamplingProtocol:
             raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}.")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}.")
-        for name in ("guidance_scale", "top_p", "temperature"):
+        for name in ("guidance_scale", "top_p"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p!r}.")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}.")
+        object.__setattr__(self, "temperature", check_temperature("temperature", self.temperature))
+
+    def check_num_scales(self, patch_nums) -> None:
+        """A per-scale temperature must have one value per scale of the pipeline that samples."""
+        SamplingSettings(temperature=self.temperature).check_num_scales(patch_nums)
 
     def resolved_class_ids(self, num_classes: int) -> List[int]:
         """The classes to sample for a `num_classes`-class model (all when `class_ids` is `None`)."""
@@ -135,7 +140,7 @@ class SamplingProtocol:
             "guidance_scale": self.guidance_scale,
             "top_k": self.top_k,
             "top_p": self.top_p,
-            "temperature": self.temperature,
+            "temperature": _json_value(self.temperature),
             "more_smooth": self.more_smooth,
             "seed": self.seed,
             "seed_rule": SEED_RULE,
@@ -250,6 +255,11 @@ def generate_samples(
     )
 
 
+def _json_value(value):
+    """A setting as JSON reads it back (a per-scale temperature tuple as a list), so recorded and wanted compare."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 SETTINGS_FILENAME = "sampling_settings.json"
 # What decides a sample's pixels besides the model; class list, count and batch size may change between runs.
 _DRAW_SETTINGS = ("guidance_scale", "top_k", "top_p", "temperature", "more_smooth", "seed")
@@ -281,7 +291,7 @@ def check_or_record_settings(sample_dir: str, protocol: SamplingProtocol, reusin
     that wrote them; otherwise a `ValueError` names what differs."""
     from var_hf.file_utils import write_json_atomically
 
-    wanted = {name: getattr(protocol, name) for name in _DRAW_SETTINGS}
+    wanted = {name: _json_value(getattr(protocol, name)) for name in _DRAW_SETTINGS}
     wanted["seed_rule"] = SEED_RULE
     wanted["model_fingerprint"] = model_fingerprint
     path = os.path.join(sample_dir, SETTINGS_FILENAME)

@@ -110,6 +110,7 @@ def evaluate_pipeline(
     device = pipe._execution_device
     num_classes = pipe.transformer.config.num_classes
     protocol.resolved_class_ids(num_classes)  # out-of-range classes fail before anything is loaded
+    protocol.check_num_scales(pipe.scheduler.config.patch_nums)  # and so does a per-scale temperature of wrong length
     extractor = ref = None
     image_size = pipe.vqvae.config.image_size
     if compute_metrics:
