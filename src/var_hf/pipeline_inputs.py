@@ -56,12 +56,26 @@ def check_temperature(name: str, value) -> Union[float, Tuple[float, ...]]:
         if not value:
             raise ValueError(f"{name} is an empty list; give one number (> 0) or one number per scale, coarse to fine.")
         return tuple(_real(f"{name}[{k}]", v, exclusive_minimum=0.0) for k, v in enumerate(value))
-    if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
+    if not isinstance(value, numbers.Real):  # str and bytes included
         raise ValueError(
             f"{name} must be a number > 0 or a list of them (one per scale, coarse to fine), got "
             f"{type(value).__name__} {value!r}."
         )
     return _real(name, value, exclusive_minimum=0.0)
+
+
+def check_temperature_scales(temperature, patch_nums) -> None:
+    """A per-scale temperature (a tuple from `check_temperature`) must have one value per scale of `patch_nums`."""
+    if isinstance(temperature, tuple) and len(temperature) != len(patch_nums):
+        raise ValueError(
+            f"temperature has {len(temperature)} values but this pipeline samples {len(patch_nums)} scales "
+            f"(patch_nums {list(patch_nums)}); give one value per scale, coarse to fine, or a single number."
+        )
+
+
+def as_json_value(value):
+    """A setting as JSON writes and reads it (a per-scale temperature tuple as a list), so saved and given compare."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -109,10 +123,7 @@ class SamplingSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON values (a per-scale temperature as a list)."""
-        values = asdict(self)
-        if isinstance(values["temperature"], tuple):
-            values["temperature"] = list(values["temperature"])
-        return values
+        return {key: as_json_value(value) for key, value in asdict(self).items()}
 
     def temperature_at(self, scale_index: int) -> float:
         """The softmax temperature of scale `scale_index` (0 the coarsest)."""
@@ -120,11 +131,7 @@ class SamplingSettings:
 
     def check_num_scales(self, patch_nums) -> "SamplingSettings":
         """These settings, after checking that a per-scale temperature has one value per scale of `patch_nums`."""
-        if isinstance(self.temperature, tuple) and len(self.temperature) != len(patch_nums):
-            raise ValueError(
-                f"temperature has {len(self.temperature)} values but this pipeline samples {len(patch_nums)} scales "
-                f"(patch_nums {list(patch_nums)}); give one value per scale, coarse to fine, or a single number."
-            )
+        check_temperature_scales(self.temperature, patch_nums)
         return self
 
     def replace(self, **overrides) -> "SamplingSettings":

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from var_hf.file_utils import atomic_write, save_image_atomically
-from var_hf.pipeline_inputs import SamplingSettings, check_temperature
+from var_hf.pipeline_inputs import as_json_value, check_temperature, check_temperature_scales
 
 from .images import ImagesOrPaths, iter_image_batches
 
@@ -109,7 +109,7 @@ class SamplingProtocol:
 
     def check_num_scales(self, patch_nums) -> None:
         """A per-scale temperature must have one value per scale of the pipeline that samples."""
-        SamplingSettings(temperature=self.temperature).check_num_scales(patch_nums)
+        check_temperature_scales(self.temperature, patch_nums)
 
     def resolved_class_ids(self, num_classes: int) -> List[int]:
         """The classes to sample for a `num_classes`-class model (all when `class_ids` is `None`)."""
@@ -140,7 +140,7 @@ class SamplingProtocol:
             "guidance_scale": self.guidance_scale,
             "top_k": self.top_k,
             "top_p": self.top_p,
-            "temperature": _json_value(self.temperature),
+            "temperature": as_json_value(self.temperature),
             "more_smooth": self.more_smooth,
             "seed": self.seed,
             "seed_rule": SEED_RULE,
@@ -255,11 +255,6 @@ def generate_samples(
     )
 
 
-def _json_value(value):
-    """A setting as JSON reads it back (a per-scale temperature tuple as a list), so recorded and wanted compare."""
-    return list(value) if isinstance(value, tuple) else value
-
-
 SETTINGS_FILENAME = "sampling_settings.json"
 # What decides a sample's pixels besides the model; class list, count and batch size may change between runs.
 _DRAW_SETTINGS = ("guidance_scale", "top_k", "top_p", "temperature", "more_smooth", "seed")
@@ -291,7 +286,7 @@ def check_or_record_settings(sample_dir: str, protocol: SamplingProtocol, reusin
     that wrote them; otherwise a `ValueError` names what differs."""
     from var_hf.file_utils import write_json_atomically
 
-    wanted = {name: _json_value(getattr(protocol, name)) for name in _DRAW_SETTINGS}
+    wanted = {name: as_json_value(getattr(protocol, name)) for name in _DRAW_SETTINGS}
     wanted["seed_rule"] = SEED_RULE
     wanted["model_fingerprint"] = model_fingerprint
     path = os.path.join(sample_dir, SETTINGS_FILENAME)
