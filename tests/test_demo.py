@@ -276,6 +276,28 @@ def test_build_demo_lays_out_both_tabs(fashion_pipe, monkeypatch, tmp_path):
     assert len(dropdown.choices) == 11 and dropdown.value == "0"
 
 
+def slider_values(demo, label):
+    return [b.value for b in demo.blocks.values() if getattr(b, "label", None) == label]
+
+
+def test_demo_sliders_start_at_the_models_own_sampling_defaults(fashion_pipe, pipe, monkeypatch, tmp_path):
+    """Both tabs open on the settings the model was measured with, not the ImageNet reference's."""
+    pytest.importorskip("gradio", reason="gradio is the optional extra var_hf[demo]")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    from var_hf.demo.app import build_demo
+
+    stored = fashion_pipe.sampling_defaults
+    assert stored["guidance_scale"] != 4.0 and stored["top_k"] != 900  # the bundled model has its own
+    demo = build_demo(fashion_pipe)
+    assert slider_values(demo, "Guidance scale") == [stored["guidance_scale"]] * 2
+    assert slider_values(demo, "Top-k") == [stored["top_k"]] * 2
+    assert slider_values(demo, "Top-p") == [stored["top_p"]] * 2
+    # a pipeline without stored defaults starts at the reference's, top-k capped at its vocabulary
+    tiny = build_demo(pipe)
+    assert slider_values(tiny, "Guidance scale") == [4.0] * 2
+    assert slider_values(tiny, "Top-k") == [min(900, pipe.transformer.config.vocab_size)] * 2
+
+
 # ------------------------------------------------------------------ the Space app
 
 

@@ -25,6 +25,7 @@ import PIL.Image
 import torch
 from diffusers.utils import logging
 
+from var_hf.pipeline_inputs import SamplingSettings
 from var_hf.scale_strip import ScaleStripRecorder, make_scale_strip, scale_labels
 
 logger = logging.get_logger(__name__)
@@ -319,11 +320,18 @@ def build_demo(pipe, title: str = "VAR: next-scale prediction", max_images: int 
     patch_nums = list(pipe.scheduler.config.patch_nums)
     res = pipe.vqvae.config.image_size
 
+    # The sliders start at the model's own recommended settings (its saved `sampling_defaults`, else the
+    # reference's ImageNet ones); the temperature is not on the page, so every call uses the model's.
+    defaults = SamplingSettings.from_dict(pipe.sampling_defaults)
+
     def slider_row():
-        guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.1, label="Guidance scale", info="0 disables guidance")
-        top_k = gr.Slider(0, vocab_size, value=min(900, vocab_size), step=1, label="Top-k", info="0 disables")
-        top_p = gr.Slider(0.0, 1.0, value=0.95, step=0.01, label="Top-p", info="0 disables")
-        smooth = gr.Checkbox(value=False, label="more_smooth", info="Gumbel-softmax smoothing (visual quality)")
+        guidance = gr.Slider(0.0, max(10.0, defaults.guidance_scale), value=defaults.guidance_scale, step=0.1,
+                             label="Guidance scale", info="0 disables guidance")
+        top_k = gr.Slider(0, vocab_size, value=min(defaults.top_k, vocab_size), step=1, label="Top-k",
+                          info="0 disables")
+        top_p = gr.Slider(0.0, 1.0, value=defaults.top_p, step=0.01, label="Top-p", info="0 disables")
+        smooth = gr.Checkbox(value=defaults.more_smooth, label="more_smooth",
+                             info="Gumbel-softmax smoothing (visual quality)")
         return guidance, top_k, top_p, smooth
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
