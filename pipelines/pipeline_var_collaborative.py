@@ -101,10 +101,12 @@ class VARCollaborativePipeline(VARPipeline):
     >>> import torch
     >>> from var_hf import DEFAULT_MODEL, VARTransformer, VARTransformerConfig
     >>> from var_hf.pipelines.pipeline_var_collaborative import VARCollaborativePipeline
-    >>> small = VARTransformer(VARTransformerConfig(depth=2, embed_dim=32, num_heads=2, vocab_size=256,
-    ...                                             vq_embed_dim=16, num_classes=10, patch_nums=(1, 2, 3, 4, 6, 8)))
+    >>> drafter = VARTransformerConfig.from_pretrained(DEFAULT_MODEL, subfolder="transformer")
+    >>> small = VARTransformer(VARTransformerConfig(  # a refiner shares the drafter's tokenizer and classes
+    ...     depth=2, embed_dim=32, num_heads=2, vocab_size=drafter.vocab_size, vq_embed_dim=drafter.vq_embed_dim,
+    ...     num_classes=drafter.num_classes, patch_nums=drafter.patch_nums))
     >>> pipe = VARCollaborativePipeline.from_pretrained(DEFAULT_MODEL, refiner=small)
-    >>> out = pipe(class_labels=["Sneaker", "Bag"], draft_steps=4, generator=torch.Generator().manual_seed(0))
+    >>> out = pipe(class_labels=["Sneaker", "Bag"], draft_steps=6, generator=torch.Generator().manual_seed(0))
     >>> out.images[0].size
     (32, 32)
 
