@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from var_hf import DEFAULT_MODEL, MultiScaleVQVAEConfig, VARTransformer
+from var_hf import MultiScaleVQVAEConfig, VARTransformer
 
 from conftest import make_var_config
 
@@ -94,8 +94,8 @@ def test_two_step_study_runs_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [m["depth"] for m in results["models"]] == [1, 2, 3]
     assert [m["width"] for m in results["models"]] == [16, 32, 48]
-    # The same tokens seen by every model: steps x batch x tokens per image of the (bundled) tokenizer.
-    patch_nums = MultiScaleVQVAEConfig.from_pretrained(os.path.join(DEFAULT_MODEL, "vqvae")).patch_nums
+    # The same tokens seen by every model: steps x batch x tokens per image of the script's default tokenizer.
+    patch_nums = MultiScaleVQVAEConfig.from_pretrained(scaling_law.DEFAULT_VQVAE).patch_nums
     assert all(m["tokens"] == 2 * 4 * sum(p * p for p in patch_nums) for m in results["models"])
     assert results["models"][0]["N"] < results["models"][1]["N"] < results["models"][2]["N"]
     assert set(results["fits"]) >= {"Lm_vs_N", "Lt_vs_N", "Errm_vs_N", "Errt_vs_N"}
