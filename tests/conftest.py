@@ -20,7 +20,7 @@ TINY_PATCH_NUMS = (1, 2, 4)
 # Tests that train or tokenize on the real dataset (Debian's fashion-mnist package).
 needs_fmnist = pytest.mark.skipif(
     not fashion_mnist_available(),
-    reason=f"Fashion-MNIST idx files missing from {FASHION_MNIST_DIR} (apt-get install fashion-mnist)",
+    reason=f"Fashion-MNIST idx files missing from {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
 )
 
 

@@ -92,7 +92,7 @@ def load_fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR, max_
     for path in (images_path, labels_path):
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"Fashion-MNIST file {path} not found; on Debian/Ubuntu `apt-get install fashion-mnist` installs it "
+                f"Fashion-MNIST file {path} not found; on Debian/Ubuntu `apt-get install dataset-fashion-mnist` installs it "
                 "there, or pass the folder holding the idx files."
             )
     images, labels = read_idx(images_path), read_idx(labels_path)
