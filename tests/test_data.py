@@ -117,7 +117,7 @@ def test_saved_dataset_with_custom_columns(tmp_path):
                                 max_samples=4)
     assert loaded.column_names == ["image", "label"] and len(loaded) == 4
     assert class_names(loaded) == ["0", "1", "2"]  # plain ints become a ClassLabel
-    with pytest.raises(ValueError, match="--label_column"):
+    with pytest.raises(ValueError, match="--label-column"):
         load_image_dataset(str(tmp_path / "saved"), "train", image_column="img", label_column="nope")
 
 

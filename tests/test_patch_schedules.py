@@ -38,5 +38,5 @@ def test_training_arguments_read_a_schedule_as_the_converter_does():
 
     for text in ("1_2_4", "1,2,4", "512"):
         assert VQVAEModelArguments(patch_nums=text).patch_nums == parse_patch_nums(text)
-    with pytest.raises(ValueError, match="--patch_nums"):
+    with pytest.raises(ValueError, match="--patch-nums"):
         VQVAEModelArguments(patch_nums="1,two")

@@ -339,8 +339,8 @@ def test_decoder_only_fine_tuning_keeps_every_token_map(tmp_path, vqvae_dir):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "--decoder_only fine-tunes a trained tokenizer"),
-    (["--init_from", "x", "--dead_code_steps", "5"], "--decoder_only freezes the codebook"),
+    ([], "--decoder-only fine-tunes a trained tokenizer"),
+    (["--init_from", "x", "--dead_code_steps", "5"], "--decoder-only freezes the codebook"),
 ])
 def test_decoder_only_needs_a_tokenizer_and_a_fixed_codebook(tmp_path, extra, message):
     with pytest.raises(UsageError, match=message):
@@ -351,7 +351,7 @@ def test_decoder_only_needs_a_tokenizer_and_a_fixed_codebook(tmp_path, extra, me
 def test_full_and_selective_checkpointing_exclude_each_other(tmp_path):
     argv = TINY_VAR + ["--vqvae", str(tmp_path / "unused"), "--output_dir", str(tmp_path / "out"),
                        "--gradient_checkpointing", "--selective_checkpointing"]
-    with pytest.raises(UsageError, match="Choose one of --gradient_checkpointing"):
+    with pytest.raises(UsageError, match="Choose one of --gradient-checkpointing"):
         train_var_cmd.main(argv)
     assert not (tmp_path / "out").exists()
 

@@ -39,41 +39,41 @@ TRAINING_DIR = os.path.dirname(checkpointing.__file__)
 
 BAD_VAR = [
     (["--depth", "0"], "--depth"),
-    (["--max_steps", "-5"], "--max_steps"),
-    (["--max_steps", "0"], "--max_steps"),
-    (["--batch_size", "0"], "--batch_size"),
-    (["--batch_size", "-4"], "--batch_size"),
-    (["--embed_dim", "30", "--num_heads", "4"], "divisible by --num_heads"),
-    (["--num_heads", "0"], "--num_heads"),
+    (["--max_steps", "-5"], "--max-steps"),
+    (["--max_steps", "0"], "--max-steps"),
+    (["--batch_size", "0"], "--batch-size"),
+    (["--batch_size", "-4"], "--batch-size"),
+    (["--embed_dim", "30", "--num_heads", "4"], "divisible by --num-heads"),
+    (["--num_heads", "0"], "--num-heads"),
     (["--epochs", "0"], "--epochs"),
     (["--lr", "-1"], "--lr"),
-    (["--grad_accum", "0"], "--gradient_accumulation_steps"),
-    (["--save_every", "0"], "--save_every"),
-    (["--keep_last", "0"], "--keep_last"),
-    (["--ema_decay", "1.5"], "--ema_decay"),
-    (["--cond_drop_rate", "1"], "--cond_drop_rate"),
-    (["--label_smoothing", "-0.1"], "--label_smoothing"),
-    (["--lr_schedule", "bogus"], "--lr_schedule"),
-    (["--log_with", "wandb"], "--log_with"),
-    (["--mid_ratio", "0.5"], "--mid_ratio"),
-    (["--image_size", "0"], "--image_size"),
+    (["--grad_accum", "0"], "--gradient-accumulation-steps"),
+    (["--save_every", "0"], "--save-every"),
+    (["--keep_last", "0"], "--keep-last"),
+    (["--ema_decay", "1.5"], "--ema-decay"),
+    (["--cond_drop_rate", "1"], "--cond-drop-rate"),
+    (["--label_smoothing", "-0.1"], "--label-smoothing"),
+    (["--lr_schedule", "bogus"], "--lr-schedule"),
+    (["--log_with", "wandb"], "--log-with"),
+    (["--mid_ratio", "0.5"], "--mid-ratio"),
+    (["--image_size", "0"], "--image-size"),
     (["--progressive", "1.5"], "--progressive"),
-    (["--validate_every", "-2"], "--validate_every"),
-    (["--resume", "latest", "--overwrite_output_dir"], "--overwrite_output_dir"),
+    (["--validate_every", "-2"], "--validate-every"),
+    (["--resume", "latest", "--overwrite_output_dir"], "--overwrite-output-dir"),
     (["--no_such_option", "1"], "no_such_option"),
 ]
 BAD_VQVAE = [
-    (["--vocab_size", "0"], "--vocab_size"),
-    (["--vocab_size", "1"], "--vocab_size"),
-    (["--patch_nums", "1,1,2"], "--patch_nums"),
-    (["--patch_nums", "4"], "--patch_nums"),
-    (["--channel_multipliers", "0,1"], "--channel_multipliers"),
-    (["--base_channels", "0"], "--base_channels"),
+    (["--vocab_size", "0"], "--vocab-size"),
+    (["--vocab_size", "1"], "--vocab-size"),
+    (["--patch_nums", "1,1,2"], "--patch-nums"),
+    (["--patch_nums", "4"], "--patch-nums"),
+    (["--channel_multipliers", "0,1"], "--channel-multipliers"),
+    (["--base_channels", "0"], "--base-channels"),
     (["--l2_weight", "0"], "reconstruction loss"),
-    (["--lpips_weight", "1"], "--lpips_weights"),
-    (["--image_size", "12"], "--image_size 12"),
-    (["--max_steps", "-5"], "--max_steps"),
-    (["--quant_resi", "2"], "--quant_resi"),
+    (["--lpips_weight", "1"], "--lpips-weights"),
+    (["--image_size", "12"], "--image-size 12"),
+    (["--max_steps", "-5"], "--max-steps"),
+    (["--quant_resi", "2"], "--quant-resi"),
 ]
 
 
@@ -93,8 +93,8 @@ def test_train_vqvae_refuses_bad_arguments_before_any_work(tmp_path, extra, mess
     assert not out.exists()
 
 
-@pytest.mark.parametrize("extra, message", [(["--batch_size", "0"], "--batch_size"), (["--splits", ","], "--splits"),
-                                            (["--max_samples", "0"], "--max_samples")])
+@pytest.mark.parametrize("extra, message", [(["--batch_size", "0"], "--batch-size"), (["--splits", ","], "--splits"),
+                                            (["--max_samples", "0"], "--max-samples")])
 def test_tokenize_refuses_bad_arguments(tmp_path, extra, message):
     with pytest.raises(UsageError, match=message):
         tokenize_cmd.main(["--vqvae", str(tmp_path), "--output_dir", str(tmp_path / "out")] + extra)
@@ -142,7 +142,7 @@ def test_checkpoints_refuse_restart_hostile_pickles_and_damage(tmp_path, vqvae_d
 
     # Starting again without --resume is refused before any work; the checkpoints are untouched.
     before = sorted(os.listdir(out))
-    with pytest.raises(UsageError, match="--resume latest.*--overwrite_output_dir"):
+    with pytest.raises(UsageError, match="--resume latest.*--overwrite-output-dir"):
         train_var_cmd.main(argv)
     assert sorted(os.listdir(out)) == before
 
@@ -230,7 +230,7 @@ def test_vqvae_trains_on_a_folder_of_unlabeled_images(tmp_path):
                          "--validate_every", "-1", "--log_with", "none"]
     assert train_vqvae_cmd.main(argv) == 0
     assert MultiScaleVQVAE.from_pretrained(str(out / "vqvae")).config.patch_nums == [1, 2, 4]
-    with pytest.raises(ValueError, match="validate_every -1"):  # a flat folder has no validation split
+    with pytest.raises(ValueError, match="validate-every -1"):  # a flat folder has no validation split
         train_vqvae_cmd.main(TINY_VQVAE + ["--dataset", str(images), "--output-dir", str(tmp_path / "v2"),
                                            "--max_steps", "1", "--log_with", "none"])
 

@@ -172,7 +172,7 @@ def load_image_dataset(
                 if split != "train":
                     raise ValueError(
                         f"{source} is a folder of images without split folders: it is the 'train' split only, and has "
-                        f"no {split!r} split (pass --validate_every -1, or make train/ and val/ subfolders)."
+                        f"no {split!r} split (pass --validate-every -1, or make train/ and val/ subfolders)."
                     )
                 dataset = datasets.load_dataset("imagefolder", data_dir=source, split="train")
             else:
@@ -189,7 +189,7 @@ def load_image_dataset(
         if column not in dataset.column_names and (wanted == "image" or require_labels):
             raise ValueError(
                 f"{source} ({split}) has no column {column!r} for the {wanted}s; its columns are "
-                f"{dataset.column_names}. Pass --{wanted}_column."
+                f"{dataset.column_names}. Pass --{wanted}-column."
             )
     dataset = dataset.select_columns([image_column, label_column] if has_labels else [image_column])
     if image_column != "image":
@@ -337,7 +337,7 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         if dataset_size < global_batch:
             raise ValueError(
                 f"The dataset has {dataset_size} samples, fewer than one global batch ({global_batch}); lower "
-                "--batch_size or use more data."
+                "--batch-size or use more data."
             )
         self.dataset_size, self.batch_size = dataset_size, batch_size
         self.num_processes, self.process_index = num_processes, process_index

@@ -21,7 +21,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "var-hf tokenize") -> int
     try:
         args.validate()
         if os.path.exists(args.output_dir) and os.listdir(args.output_dir) and not args.overwrite:
-            raise ValueError(f"--output_dir {args.output_dir} exists and is not empty; pass --overwrite to replace it.")
+            raise ValueError(f"--output-dir {args.output_dir} exists and is not empty; pass --overwrite to replace it.")
     except ValueError as err:
         raise UsageError(str(err)) from err
     from var_hf.training.tokenize_dataset import tokenize_dataset

@@ -56,9 +56,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "var-hf train-var") -> in
         data_args.validate()
         training_args.validate()
         if training_args.gradient_checkpointing and model_args.selective_checkpointing:
-            raise ValueError("Choose one of --gradient_checkpointing (full) and --selective_checkpointing.")
+            raise ValueError("Choose one of --gradient-checkpointing (full) and --selective-checkpointing.")
         if model_args.tokenized_dataset is not None and data_args.hflip:
-            raise ValueError("--hflip has no effect on a --tokenized_dataset (tokenize with --hflip_copies instead).")
+            raise ValueError("--hflip has no effect on a --tokenized-dataset (tokenize with --hflip-copies instead).")
         check_output_dir(training_args.output_dir, training_args.resume, training_args.overwrite_output_dir)
     except ValueError as err:
         raise UsageError(str(err)) from err

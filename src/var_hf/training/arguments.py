@@ -3,7 +3,7 @@
 Every dataclass checks its values in `validate()`, which raises `ValueError` naming the option and the fix; the commands
 call it before the Accelerator starts, so a bad argument never costs a model load.
 
-Batch sizes. `--batch_size` is the *global* batch of one optimizer step, as the reference's `--bs`. Each process
+Batch sizes. `--batch-size` is the *global* batch of one optimizer step, as the reference's `--bs`. Each process
 takes `batch_size / (num_processes * gradient_accumulation_steps)` samples per micro-batch, so the same command gives the
 same optimisation on one or several processes (see [`var_hf.data.TrainBatchSampler`]).
 """
@@ -25,6 +25,11 @@ def _help(text: str, **extra) -> Dict[str, Any]:
 def _check(problems: List[str], ok: bool, message: str):
     if not ok:
         problems.append(message)
+
+
+def _option(field_name: str) -> str:
+    """A dataclass field's command-line spelling, as help shows it: `max_steps` -> `--max-steps`."""
+    return "--" + field_name.replace("_", "-")
 
 
 def _raise(problems: Sequence[str]):
@@ -63,12 +68,12 @@ class DataArguments:
     def validate(self):
         problems: List[str] = []
         _check(problems, bool(self.dataset.strip()), "--dataset must not be empty")
-        _check(problems, self.image_size is None or self.image_size > 0, f"--image_size must be > 0, got {self.image_size}")
-        _check(problems, self.mid_ratio >= 1, f"--mid_ratio must be >= 1 (resize, then crop), got {self.mid_ratio}")
+        _check(problems, self.image_size is None or self.image_size > 0, f"--image-size must be > 0, got {self.image_size}")
+        _check(problems, self.mid_ratio >= 1, f"--mid-ratio must be >= 1 (resize, then crop), got {self.mid_ratio}")
         for name in ("max_train_samples", "max_val_samples"):
             value = getattr(self, name)
-            _check(problems, value is None or value > 0, f"--{name} must be > 0, got {value}")
-        _check(problems, self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}")
+            _check(problems, value is None or value > 0, f"{_option(name)} must be > 0, got {value}")
+        _check(problems, self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}")
         _raise(problems)
 
 
@@ -81,12 +86,12 @@ class DataArguments:
 class TrainingArguments:
     output_dir: str = field(metadata=_help("Folder for checkpoints, logs and the exported model."))
     overwrite_output_dir: bool = field(default=False, metadata=_help(
-        "Start over in an --output_dir that holds checkpoints of an earlier run (they are deleted)."))
+        "Start over in an --output-dir that holds checkpoints of an earlier run (they are deleted)."))
     resume: Optional[str] = field(default=None, metadata=_help(
-        "'latest' (the newest checkpoint in --output_dir; a fresh start if there is none) or a checkpoint folder."))
+        "'latest' (the newest checkpoint in --output-dir; a fresh start if there is none) or a checkpoint folder."))
     seed: int = field(default=0, metadata=_help("Seed of the model init, data order and augmentation."))
     max_steps: Optional[int] = field(default=None, metadata=_help("Optimizer steps to train (overrides --epochs)."))
-    epochs: float = field(default=1.0, metadata=_help("Epochs to train when --max_steps is not given."))
+    epochs: float = field(default=1.0, metadata=_help("Epochs to train when --max-steps is not given."))
     save_every: int = field(default=1000, metadata=_help("Write a checkpoint every N steps (and at the end)."))
     keep_last: int = field(default=3, metadata=_help("How many checkpoints to keep (older ones are deleted)."))
     log_every: int = field(default=10, metadata=_help("Log metrics every N steps."))
@@ -100,7 +105,7 @@ class TrainingArguments:
     batch_size: int = field(default=256, metadata=_help(
         "Global batch per optimizer step (all processes and accumulation steps together)."))
     gradient_accumulation_steps: int = field(default=1, metadata=_help(
-        "Gradient accumulation steps (--grad_accum is accepted too).", aliases=["--grad_accum", "--grad-accum"]))
+        "Gradient accumulation steps (--grad-accum is accepted too).", aliases=["--grad_accum", "--grad-accum"]))
     lr: Optional[float] = field(default=None, metadata=_help("Peak learning rate; defaults to base_lr * batch_size / 256."))
     base_lr: float = field(default=1e-4, metadata=_help("Learning rate per 256 samples (reference's tblr)."))
     lr_schedule: str = field(default="lin0", metadata=_help(
@@ -111,7 +116,7 @@ class TrainingArguments:
     final_lr_ratio: float = field(default=0.01, metadata=_help("Final lr ratio at the end of training (wpe)."))
     weight_decay: float = field(default=0.05, metadata=_help("AdamW weight decay (matrices only)."))
     weight_decay_end: Optional[float] = field(default=None, metadata=_help(
-        "Weight decay at the end (cosine from --weight_decay); defaults to constant."))
+        "Weight decay at the end (cosine from --weight-decay); defaults to constant."))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
     adam_beta2: float = field(default=0.95, metadata=_help("AdamW beta2."))
     grad_clip: float = field(default=2.0, metadata=_help("Clip the global gradient norm (<= 0: off)."))
@@ -136,33 +141,33 @@ class TrainingArguments:
 
     def validate(self):
         problems: List[str] = []
-        _check(problems, bool(self.output_dir.strip()), "--output_dir must not be empty")
+        _check(problems, bool(self.output_dir.strip()), "--output-dir must not be empty")
         _check(problems, self.max_steps is None or self.max_steps > 0,
-               f"--max_steps must be > 0, got {self.max_steps}")
+               f"--max-steps must be > 0, got {self.max_steps}")
         _check(problems, self.epochs > 0, f"--epochs must be > 0, got {self.epochs}")
         for name in ("save_every", "keep_last", "log_every", "batch_size", "gradient_accumulation_steps"):
-            _check(problems, getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
-        _check(problems, self.validate_every >= -1, f"--validate_every must be >= -1, got {self.validate_every}")
+            _check(problems, getattr(self, name) >= 1, f"{_option(name)} must be >= 1, got {getattr(self, name)}")
+        _check(problems, self.validate_every >= -1, f"--validate-every must be >= -1, got {self.validate_every}")
         _check(problems, self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
-        _check(problems, self.base_lr > 0, f"--base_lr must be > 0, got {self.base_lr}")
+        _check(problems, self.base_lr > 0, f"--base-lr must be > 0, got {self.base_lr}")
         _check(problems, self.lr_schedule in LR_SCHEDULES or re.fullmatch(r"lin(0?\.\d+)", self.lr_schedule) is not None,
-               f"--lr_schedule {self.lr_schedule!r} is unknown; use one of {', '.join(LR_SCHEDULES)} or linT (e.g. lin0.8)")
-        _check(problems, 0 <= self.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+               f"--lr-schedule {self.lr_schedule!r} is unknown; use one of {', '.join(LR_SCHEDULES)} or linT (e.g. lin0.8)")
+        _check(problems, 0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(problems, self.warmup_steps is None or self.warmup_steps >= 0,
-               f"--warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(problems, 0 < self.warmup_start <= 1, f"--warmup_start must be in (0, 1], got {self.warmup_start}")
-        _check(problems, 0 < self.final_lr_ratio <= 1, f"--final_lr_ratio must be in (0, 1], got {self.final_lr_ratio}")
-        _check(problems, self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}")
+               f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        _check(problems, 0 < self.warmup_start <= 1, f"--warmup-start must be in (0, 1], got {self.warmup_start}")
+        _check(problems, 0 < self.final_lr_ratio <= 1, f"--final-lr-ratio must be in (0, 1], got {self.final_lr_ratio}")
+        _check(problems, self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         _check(problems, self.weight_decay_end is None or self.weight_decay_end >= 0,
-               f"--weight_decay_end must be >= 0, got {self.weight_decay_end}")
+               f"--weight-decay-end must be >= 0, got {self.weight_decay_end}")
         for name in ("adam_beta1", "adam_beta2"):
-            _check(problems, 0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        _check(problems, 0 <= self.ema_decay < 1, f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+            _check(problems, 0 <= getattr(self, name) < 1, f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
+        _check(problems, 0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         unknown = [t for t in self.trackers if t not in TRACKERS]
-        _check(problems, not unknown, f"--log_with: unknown tracker(s) {unknown}; use jsonl, tensorboard or none")
+        _check(problems, not unknown, f"--log-with: unknown tracker(s) {unknown}; use jsonl, tensorboard or none")
         _check(problems, self.resume is None or bool(self.resume.strip()), "--resume must be 'latest' or a folder")
         _check(problems, not (self.resume and self.overwrite_output_dir),
-               "--resume and --overwrite_output_dir exclude each other (continue a run, or start over)")
+               "--resume and --overwrite-output-dir exclude each other (continue a run, or start over)")
         _raise(problems)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -203,7 +208,7 @@ class VQVAEModelArguments:
     l1_weight: float = field(default=0.0, metadata=_help("Weight of the L1 reconstruction loss."))
     l2_weight: float = field(default=1.0, metadata=_help("Weight of the L2 reconstruction loss."))
     vq_weight: float = field(default=1.0, metadata=_help("Weight of the VQ + commitment loss."))
-    lpips_weight: float = field(default=0.0, metadata=_help("Weight of LPIPS (needs --lpips_weights)."))
+    lpips_weight: float = field(default=0.0, metadata=_help("Weight of LPIPS (needs --lpips-weights)."))
     lpips_weights: Optional[List[str]] = field(default=None, metadata=_help(
         "LPIPS weight files: VGG16 (torchvision layout) and the LPIPS v0.1 heads, or one file with both. Nothing is "
         "downloaded."))
@@ -213,45 +218,45 @@ class VQVAEModelArguments:
     disc_channels: int = field(default=64, metadata=_help("Width of the PatchGAN's first layer."))
     disc_lr: Optional[float] = field(default=None, metadata=_help("Discriminator peak lr (defaults to the VQVAE's)."))
     no_adaptive_disc_weight: bool = field(default=False, metadata=_help(
-        "Use --disc_weight as is, without VQGAN's adaptive gradient balancing."))
+        "Use --disc-weight as is, without VQGAN's adaptive gradient balancing."))
     dead_code_steps: int = field(default=0, metadata=_help(
         "Re-initialise codes unused for this many steps to random encoder outputs (0: off)."))
     dead_code_every: int = field(default=50, metadata=_help("Check for dead codes every N steps."))
     decoder_only: bool = field(default=False, metadata=_help(
-        "Fine-tune only the decoder (and post_quant_conv) of --init_from: the encoder, codebook and phi stay frozen, "
+        "Fine-tune only the decoder (and post_quant_conv) of --init-from: the encoder, codebook and phi stay frozen, "
         "so every image keeps its token maps and a transformer trained on them stays valid."))
 
     def __post_init__(self):
-        self.channel_multipliers = parse_int_list(self.channel_multipliers, "--channel_multipliers")
-        self.patch_nums = parse_patch_nums(self.patch_nums, "--patch_nums")
+        self.channel_multipliers = parse_int_list(self.channel_multipliers, "--channel-multipliers")
+        self.patch_nums = parse_patch_nums(self.patch_nums, "--patch-nums")
 
     def validate(self):
         problems: List[str] = []
         for name in ("base_channels", "num_res_blocks", "vq_embed_dim", "disc_layers", "disc_channels",
                      "dead_code_every"):
-            _check(problems, getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
-        _check(problems, self.vocab_size >= 2, f"--vocab_size must be >= 2, got {self.vocab_size}")
+            _check(problems, getattr(self, name) >= 1, f"{_option(name)} must be >= 1, got {getattr(self, name)}")
+        _check(problems, self.vocab_size >= 2, f"--vocab-size must be >= 2, got {self.vocab_size}")
         _check(problems, bool(self.channel_multipliers) and min(self.channel_multipliers) >= 1,
-               f"--channel_multipliers must be positive integers, got {self.channel_multipliers}")
+               f"--channel-multipliers must be positive integers, got {self.channel_multipliers}")
         _check(problems, len(self.patch_nums) >= 2 and min(self.patch_nums) >= 1
                and all(a < b for a, b in zip(self.patch_nums, self.patch_nums[1:])),
-               f"--patch_nums must be at least two strictly increasing sides >= 1, got {self.patch_nums}")
+               f"--patch-nums must be at least two strictly increasing sides >= 1, got {self.patch_nums}")
         _check(problems, self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
-        _check(problems, 0 <= self.quant_resi <= 1, f"--quant_resi must be in [0, 1], got {self.quant_resi}")
-        _check(problems, self.share_quant_resi >= 0, f"--share_quant_resi must be >= 0, got {self.share_quant_resi}")
+        _check(problems, 0 <= self.quant_resi <= 1, f"--quant-resi must be in [0, 1], got {self.quant_resi}")
+        _check(problems, self.share_quant_resi >= 0, f"--share-quant-resi must be >= 0, got {self.share_quant_resi}")
         for name in ("l1_weight", "l2_weight", "vq_weight", "lpips_weight", "disc_weight"):
-            _check(problems, getattr(self, name) >= 0, f"--{name} must be >= 0, got {getattr(self, name)}")
+            _check(problems, getattr(self, name) >= 0, f"{_option(name)} must be >= 0, got {getattr(self, name)}")
         _check(problems, self.l1_weight + self.l2_weight + self.lpips_weight > 0,
-               "at least one of --l1_weight, --l2_weight, --lpips_weight must be > 0 (a reconstruction loss)")
+               "at least one of --l1-weight, --l2-weight, --lpips-weight must be > 0 (a reconstruction loss)")
         _check(problems, self.lpips_weight == 0 or bool(self.lpips_weights),
-               "--lpips_weight > 0 needs --lpips_weights FILE... (nothing is downloaded)")
-        _check(problems, self.disc_start >= 0, f"--disc_start must be >= 0, got {self.disc_start}")
-        _check(problems, self.disc_lr is None or self.disc_lr > 0, f"--disc_lr must be > 0, got {self.disc_lr}")
-        _check(problems, self.dead_code_steps >= 0, f"--dead_code_steps must be >= 0, got {self.dead_code_steps}")
+               "--lpips-weight > 0 needs --lpips-weights FILE... (nothing is downloaded)")
+        _check(problems, self.disc_start >= 0, f"--disc-start must be >= 0, got {self.disc_start}")
+        _check(problems, self.disc_lr is None or self.disc_lr > 0, f"--disc-lr must be > 0, got {self.disc_lr}")
+        _check(problems, self.dead_code_steps >= 0, f"--dead-code-steps must be >= 0, got {self.dead_code_steps}")
         _check(problems, not self.decoder_only or bool(self.init_from),
-               "--decoder_only fine-tunes a trained tokenizer: give it with --init_from")
+               "--decoder-only fine-tunes a trained tokenizer: give it with --init-from")
         _check(problems, not (self.decoder_only and self.dead_code_steps > 0),
-               "--decoder_only freezes the codebook: set --dead_code_steps 0")
+               "--decoder-only freezes the codebook: set --dead-code-steps 0")
         _raise(problems)
 
 
@@ -285,7 +290,7 @@ class VARModelArguments:
     init_std: float = field(default=-1.0, metadata=_help("Init std (<0: sqrt(1 / 3 / embed_dim))."))
     selective_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute only the blocks' pointwise work in the backward pass (keeps matmul and attention outputs): most "
-        "of --gradient_checkpointing's memory saving for a fraction of its compute; same gradients."))
+        "of --gradient-checkpointing's memory saving for a fraction of its compute; same gradients."))
     no_card_samples: bool = field(default=False, metadata=_help(
         "Do not draw the sample grid of the exported pipeline's model card."))
     progressive: float = field(default=0.0, metadata=_help(
@@ -299,23 +304,23 @@ class VARModelArguments:
         problems: List[str] = []
         _check(problems, bool(self.vqvae.strip()), "--vqvae must name a VQVAE folder")
         _check(problems, self.depth >= 1, f"--depth must be >= 1, got {self.depth}")
-        _check(problems, self.embed_dim is None or self.embed_dim >= 1, f"--embed_dim must be >= 1, got {self.embed_dim}")
-        _check(problems, self.num_heads is None or self.num_heads >= 1, f"--num_heads must be >= 1, got {self.num_heads}")
+        _check(problems, self.embed_dim is None or self.embed_dim >= 1, f"--embed-dim must be >= 1, got {self.embed_dim}")
+        _check(problems, self.num_heads is None or self.num_heads >= 1, f"--num-heads must be >= 1, got {self.num_heads}")
         if self.depth >= 1 and (self.embed_dim is None or self.embed_dim >= 1) and (
                 self.num_heads is None or self.num_heads >= 1):
             width = self.embed_dim if self.embed_dim is not None else 64 * self.depth
             heads = self.num_heads if self.num_heads is not None else self.depth
             _check(problems, width % heads == 0,
-                   f"--embed_dim {width} must be divisible by --num_heads {heads}")
-        _check(problems, self.mlp_ratio > 0, f"--mlp_ratio must be > 0, got {self.mlp_ratio}")
+                   f"--embed-dim {width} must be divisible by --num-heads {heads}")
+        _check(problems, self.mlp_ratio > 0, f"--mlp-ratio must be > 0, got {self.mlp_ratio}")
         for name in ("dropout", "attention_dropout", "cond_drop_rate", "label_smoothing"):
-            _check(problems, 0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}")
+            _check(problems, 0 <= getattr(self, name) < 1, f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
         _check(problems, self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
-               f"--drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+               f"--drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
         _check(problems, 0 <= self.progressive < 1, f"--progressive must be in [0, 1), got {self.progressive}")
-        _check(problems, self.progressive_start >= 0, f"--progressive_start must be >= 0, got {self.progressive_start}")
+        _check(problems, self.progressive_start >= 0, f"--progressive-start must be >= 0, got {self.progressive_start}")
         _check(problems, self.progressive_warmup_steps is None or self.progressive_warmup_steps >= 1,
-               f"--progressive_warmup_steps must be >= 1, got {self.progressive_warmup_steps}")
+               f"--progressive-warmup-steps must be >= 1, got {self.progressive_warmup_steps}")
         _raise(problems)
 
 
@@ -335,7 +340,7 @@ class TokenizeArguments:
     batch_size: int = field(default=256, metadata=_help("Images per encoder batch and process."))
     max_samples: Optional[int] = field(default=None, metadata=_help("Encode only the first N images of each split."))
     num_workers: int = field(default=0, metadata=_help("DataLoader workers."))
-    overwrite: bool = field(default=False, metadata=_help("Replace an existing --output_dir."))
+    overwrite: bool = field(default=False, metadata=_help("Replace an existing --output-dir."))
     no_progress_bar: bool = field(default=False, metadata=_help("Disable the tqdm progress bar."))
     verbose: bool = field(default=False, metadata=_help(
         "Show accelerate's INFO lines and transformers' loading bars (off by default)."))
@@ -346,14 +351,14 @@ class TokenizeArguments:
 
     def validate(self):
         problems: List[str] = []
-        _check(problems, bool(self.output_dir.strip()), "--output_dir must not be empty")
+        _check(problems, bool(self.output_dir.strip()), "--output-dir must not be empty")
         _check(problems, bool(self.split_list), "--splits must name at least one split")
-        _check(problems, self.image_size is None or self.image_size > 0, f"--image_size must be > 0, got {self.image_size}")
-        _check(problems, self.mid_ratio >= 1, f"--mid_ratio must be >= 1, got {self.mid_ratio}")
-        _check(problems, self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+        _check(problems, self.image_size is None or self.image_size > 0, f"--image-size must be > 0, got {self.image_size}")
+        _check(problems, self.mid_ratio >= 1, f"--mid-ratio must be >= 1, got {self.mid_ratio}")
+        _check(problems, self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         _check(problems, self.max_samples is None or self.max_samples >= 1,
-               f"--max_samples must be >= 1, got {self.max_samples}")
-        _check(problems, self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}")
+               f"--max-samples must be >= 1, got {self.max_samples}")
+        _check(problems, self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}")
         _raise(problems)
 
 

@@ -64,11 +64,11 @@ def list_checkpoints(output_dir: str) -> List[str]:
 def check_output_dir(output_dir: str, resume: Optional[str], overwrite_output_dir: bool):
     """Refuse, before any work, to start a new run over an earlier run's checkpoints (as transformers' `Trainer`)."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"--output_dir {output_dir} is a file; give a folder.")
+        raise ValueError(f"--output-dir {output_dir} is a file; give a folder.")
     if resume is None and not overwrite_output_dir and list_checkpoints(output_dir):
         raise ValueError(
-            f"--output_dir {output_dir} already holds checkpoints of an earlier run. Continue it with --resume latest, "
-            "or pass --overwrite_output_dir to delete them and start over."
+            f"--output-dir {output_dir} already holds checkpoints of an earlier run. Continue it with --resume latest, "
+            "or pass --overwrite-output-dir to delete them and start over."
         )
     if resume not in (None, "latest") and not os.path.isdir(resume):
         raise ValueError(f"--resume {resume}: no such checkpoint folder (give 'latest' or a checkpoint-<step> folder).")
@@ -99,7 +99,7 @@ def read_checkpoint_json(folder: str, name: str, why_missing: str) -> Any:
     if not os.path.isfile(path):
         raise CheckpointError(
             f"{folder} is not a complete checkpoint (no {name}: {why_missing}). Pass another --resume, or "
-            "--overwrite_output_dir to start over."
+            "--overwrite-output-dir to start over."
         )
     try:
         with open(path) as f:
@@ -167,7 +167,7 @@ class CheckpointManager:
             if found:
                 self.accelerator.wait_for_everyone()
                 if self.accelerator.is_main_process:
-                    logger.warning(f"--overwrite_output_dir: deleting {len(found)} checkpoint(s) in {self.output_dir}.")
+                    logger.warning(f"--overwrite-output-dir: deleting {len(found)} checkpoint(s) in {self.output_dir}.")
                     for path in found:
                         shutil.rmtree(path)
                 self.accelerator.wait_for_everyone()
@@ -275,7 +275,7 @@ class CheckpointManager:
             }
             write_json_atomically(os.path.join(tmp, TRAINER_STATE_NAME), state, default=str)
             write_manifest(tmp)  # last: a folder with a valid manifest is complete
-            if os.path.exists(final):  # re-running the same step (--overwrite_output_dir raced, or a manual copy)
+            if os.path.exists(final):  # re-running the same step (--overwrite-output-dir raced, or a manual copy)
                 shutil.rmtree(final)
             os.replace(tmp, final)
             for old in self.checkpoints()[: -self.keep_last]:

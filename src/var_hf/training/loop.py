@@ -112,7 +112,7 @@ def _restore_ema(ema: Optional[EMA], path: str, state: Dict[str, Any], tensors: 
         return
     if EMA_FILE not in tensors or "ema" not in state:
         raise CheckpointError(f"Cannot resume from {path}: it holds no EMA weights ({EMA_FILE}) and this run has "
-                              "--ema_decay > 0.")
+                              "--ema-decay > 0.")
     try:
         ema.load_state_dict({**state["ema"], "shadow": tensors[EMA_FILE]})
     except ValueError as e:

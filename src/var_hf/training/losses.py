@@ -49,7 +49,7 @@ class LPIPS(nn.Module):
     @classmethod
     def from_files(cls, paths: Sequence[str]) -> "LPIPS":
         if not paths:
-            raise ValueError("LPIPS needs weight files (--lpips_weights); nothing is downloaded.")
+            raise ValueError("LPIPS needs weight files (--lpips-weights); nothing is downloaded.")
         state: Dict[str, torch.Tensor] = {}
         for path in paths:
             if not os.path.exists(path):

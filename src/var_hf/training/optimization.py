@@ -23,10 +23,10 @@ def total_steps(args: TrainingArguments, num_train_samples: int) -> int:
 def per_process_batch_size(batch_size: int, num_processes: int, grad_accum: int) -> int:
     """Samples per process and micro-batch; the global batch must split evenly."""
     if grad_accum < 1:
-        raise ValueError(f"--gradient_accumulation_steps must be >= 1, got {grad_accum}.")
+        raise ValueError(f"--gradient-accumulation-steps must be >= 1, got {grad_accum}.")
     if batch_size < 1 or batch_size % (num_processes * grad_accum):
         raise ValueError(
-            f"--batch_size {batch_size} (global, per optimizer step) must be a positive multiple of num_processes x "
+            f"--batch-size {batch_size} (global, per optimizer step) must be a positive multiple of num_processes x "
             f"gradient_accumulation_steps = {num_processes} x {grad_accum}."
         )
     return batch_size // (num_processes * grad_accum)
@@ -189,7 +189,7 @@ def ema_weights(model: torch.nn.Module, ema: Optional[EMA]):
 
 def use_ema_for_export(args: TrainingArguments, ema: Optional[EMA], final_val: Dict[str, float], key: str,
                        higher_is_better: bool) -> bool:
-    """`--export_weights`: 'ema', 'raw', or 'best' (EMA unless the raw weights validate better on `key`)."""
+    """`--export-weights`: 'ema', 'raw', or 'best' (EMA unless the raw weights validate better on `key`)."""
     if ema is None or args.export_weights == "raw":
         return False
     if args.export_weights == "ema":

@@ -8,8 +8,8 @@ AdamW (0.9, 0.95) without weight decay on biases, vectors and position/level emb
 with the reference's warm-up and `lin0` decay; gradient clipping at 2.
 
 Progressive training (`--progressive P`, a simplified version of the reference's `--pg`): during the first fraction
-P of the run only scales up to k contribute to the loss, k growing linearly from `--progressive_start` to the last
-scale; the newest scale's weight ramps up over `--progressive_warmup_steps`. Tokens past scale k get weight 0 (the
+P of the run only scales up to k contribute to the loss, k growing linearly from `--progressive-start` to the last
+scale; the newest scale's weight ramps up over `--progressive-warmup-steps`. Tokens past scale k get weight 0 (the
 block-causal mask makes this equal to the reference's truncated forward, at the cost of computing them).
 
     var-hf train-var --vqvae runs/vqvae --dataset fashion-mnist --output-dir runs/var
@@ -218,7 +218,7 @@ class VARStage(TrainingStage):
 
     def check_accelerator(self):
         if is_fsdp(self.accelerator) and self.args.ema_decay > 0:
-            raise ValueError("--ema_decay is not supported with FSDP (the EMA would only see parameter shards); use DDP.")
+            raise ValueError("--ema-decay is not supported with FSDP (the EMA would only see parameter shards); use DDP.")
 
     def load_data(self):
         """Images through the frozen encoder, or tokens from `var-hf tokenize`."""

@@ -5,10 +5,10 @@ The official VQVAE training code was never released; this is a VQGAN-style recip
     loss = l1_weight * |x - x_rec| + l2_weight * (x - x_rec)^2          (reconstruction)
          + vq_weight * vq_loss                                             (VQ + beta * commitment, mean over scales)
          + lpips_weight * LPIPS(x, x_rec)                                  (optional, weights from a user file)
-         + disc_weight * lambda_adaptive * (-D(x_rec))                     (optional PatchGAN, after --disc_start)
+         + disc_weight * lambda_adaptive * (-D(x_rec))                     (optional PatchGAN, after --disc-start)
 
 with lambda_adaptive = |grad_last(rec + lpips)| / (|grad_last(gan)| + 1e-4), clamped to [0, 1e4] (VQGAN, Esser et al.
-2021, Eq. 7), and a hinge loss for the discriminator (see `losses.py`). Codes unused for `--dead_code_steps` steps can
+2021, Eq. 7), and a hinge loss for the discriminator (see `losses.py`). Codes unused for `--dead-code-steps` steps can
 be re-initialised to random encoder outputs. Per-scale codebook usage is logged. Labels are not used: an image folder
 without classes works.
 
@@ -176,7 +176,7 @@ class VQVAEStage(TrainingStage):
         self.image_size = data_args.image_size or config.image_size
         if self.image_size != config.image_size:
             raise ValueError(
-                f"--image_size {self.image_size} does not match the VQVAE (finest patch {config.patch_nums[-1]} x "
+                f"--image-size {self.image_size} does not match the VQVAE (finest patch {config.patch_nums[-1]} x "
                 f"downsample {config.downsample_factor} = {config.image_size})."
             )
         self.use_gan = model_args.disc_weight > 0
@@ -190,7 +190,7 @@ class VQVAEStage(TrainingStage):
     def check_accelerator(self):
         m = self.model_args
         if is_fsdp(self.accelerator) and (self.args.ema_decay > 0 or m.dead_code_steps > 0 or m.disc_weight > 0):
-            raise ValueError("--ema_decay, --dead_code_steps and --disc_weight are not supported with FSDP; use DDP.")
+            raise ValueError("--ema-decay, --dead-code-steps and --disc-weight are not supported with FSDP; use DDP.")
 
     def load_data(self):
         d = self.data_args
@@ -215,7 +215,7 @@ class VQVAEStage(TrainingStage):
         if m.lpips_weight > 0:
             self.lpips = LPIPS.from_files(m.lpips_weights or []).to(acc.device)
         elif m.lpips_weights:
-            logger.warning("--lpips_weights given but --lpips_weight is 0: LPIPS is not used.", main_process_only=True)
+            logger.warning("--lpips-weights given but --lpips-weight is 0: LPIPS is not used.", main_process_only=True)
         optimizer = build_adamw(param_groups(vqvae, VQVAE_NO_DECAY_KEYS), self.args)
         prepared = [vqvae, optimizer]
         if self.use_gan:
