@@ -27,6 +27,11 @@ class UsageError(ValueError):
     """A command-line argument is wrong: the message names the option and the fix. Exit code 2."""
 
 
+def option_flag(name: str) -> str:
+    """An option's name as help and docs spell it: `max_steps` (a dataclass field or argparse dest) -> `--max-steps`."""
+    return "--" + name.replace("_", "-")
+
+
 def normalize_option_spelling(argv: Sequence[str]) -> List[str]:
     """`--output_dir=x` -> `--output-dir=x`: the option name's underscores become hyphens; values are untouched."""
     out = []

@@ -14,7 +14,8 @@ import sys
 from typing import List, Optional
 
 from var_hf.commands import (
-    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command, temperature_argument,
+    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, option_flag, run_parsed_command,
+    temperature_argument,
 )
 
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")  # var_hf.data.FASHION_MNIST_NAMES, without importing torch
@@ -98,11 +99,11 @@ def _check_arguments(args):
         raise UsageError("--reference is required (or pass --no-metrics to only sample).")
     for name in ("num_per_class", "batch_size", "feature_batch_size", "is_split_size", "nearest_k"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+            raise UsageError(f"{option_flag(name)} must be >= 1, got {getattr(args, name)}.")
     for name in ("reference_max_samples", "reference_resolution"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+            raise UsageError(f"{option_flag(name)} must be >= 1, got {value}.")
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0:
         raise UsageError(f"--top-k must be >= 0 and --top-p in [0, 1], got {args.top_k} and {args.top_p}.")
     if args.guidance_scale != args.guidance_scale or args.guidance_scale in (float("inf"), float("-inf")):

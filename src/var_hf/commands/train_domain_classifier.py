@@ -8,7 +8,9 @@ import os
 import sys
 from typing import List, Optional
 
-from var_hf.commands import CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command
+from var_hf.commands import (
+    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, option_flag, run_parsed_command,
+)
 
 
 def add_arguments(parser):
@@ -45,12 +47,12 @@ def build_parser(prog: str = "var-hf train-domain-classifier") -> CLIArgumentPar
 def run(args) -> int:
     for name in ("num_epochs", "batch_size"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+            raise UsageError(f"{option_flag(name)} must be >= 1, got {getattr(args, name)}.")
     if not args.learning_rate > 0 or args.learning_rate == float("inf"):
         raise UsageError(f"--learning-rate must be a positive finite number, got {args.learning_rate}.")
     for name in ("image_size", "resolution"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+            raise UsageError(f"{option_flag(name)} must be >= 1, got {getattr(args, name)}.")
     if os.path.isfile(args.output_dir):
         raise UsageError(f"--output-dir {args.output_dir} is a file; pass a folder.")
     if os.path.isfile(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:

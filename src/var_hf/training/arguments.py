@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from var_hf.commands import option_flag  # light: argparse only
 from var_hf.patch_schedules import parse_int_list, parse_patch_nums
 
 LR_SCHEDULES = ("lin0", "lin", "lin00", "cos", "exp", "const")
@@ -25,11 +26,6 @@ def _help(text: str, **extra) -> Dict[str, Any]:
 def _check(problems: List[str], ok: bool, message: str):
     if not ok:
         problems.append(message)
-
-
-def _option(field_name: str) -> str:
-    """A dataclass field's command-line spelling, as help shows it: `max_steps` -> `--max-steps`."""
-    return "--" + field_name.replace("_", "-")
 
 
 def _raise(problems: Sequence[str]):
@@ -72,7 +68,7 @@ class DataArguments:
         _check(problems, self.mid_ratio >= 1, f"--mid-ratio must be >= 1 (resize, then crop), got {self.mid_ratio}")
         for name in ("max_train_samples", "max_val_samples"):
             value = getattr(self, name)
-            _check(problems, value is None or value > 0, f"{_option(name)} must be > 0, got {value}")
+            _check(problems, value is None or value > 0, f"{option_flag(name)} must be > 0, got {value}")
         _check(problems, self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}")
         _raise(problems)
 
@@ -146,7 +142,7 @@ class TrainingArguments:
                f"--max-steps must be > 0, got {self.max_steps}")
         _check(problems, self.epochs > 0, f"--epochs must be > 0, got {self.epochs}")
         for name in ("save_every", "keep_last", "log_every", "batch_size", "gradient_accumulation_steps"):
-            _check(problems, getattr(self, name) >= 1, f"{_option(name)} must be >= 1, got {getattr(self, name)}")
+            _check(problems, getattr(self, name) >= 1, f"{option_flag(name)} must be >= 1, got {getattr(self, name)}")
         _check(problems, self.validate_every >= -1, f"--validate-every must be >= -1, got {self.validate_every}")
         _check(problems, self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _check(problems, self.base_lr > 0, f"--base-lr must be > 0, got {self.base_lr}")
@@ -161,7 +157,7 @@ class TrainingArguments:
         _check(problems, self.weight_decay_end is None or self.weight_decay_end >= 0,
                f"--weight-decay-end must be >= 0, got {self.weight_decay_end}")
         for name in ("adam_beta1", "adam_beta2"):
-            _check(problems, 0 <= getattr(self, name) < 1, f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
+            _check(problems, 0 <= getattr(self, name) < 1, f"{option_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         _check(problems, 0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         unknown = [t for t in self.trackers if t not in TRACKERS]
         _check(problems, not unknown, f"--log-with: unknown tracker(s) {unknown}; use jsonl, tensorboard or none")
@@ -234,7 +230,7 @@ class VQVAEModelArguments:
         problems: List[str] = []
         for name in ("base_channels", "num_res_blocks", "vq_embed_dim", "disc_layers", "disc_channels",
                      "dead_code_every"):
-            _check(problems, getattr(self, name) >= 1, f"{_option(name)} must be >= 1, got {getattr(self, name)}")
+            _check(problems, getattr(self, name) >= 1, f"{option_flag(name)} must be >= 1, got {getattr(self, name)}")
         _check(problems, self.vocab_size >= 2, f"--vocab-size must be >= 2, got {self.vocab_size}")
         _check(problems, bool(self.channel_multipliers) and min(self.channel_multipliers) >= 1,
                f"--channel-multipliers must be positive integers, got {self.channel_multipliers}")
@@ -245,7 +241,7 @@ class VQVAEModelArguments:
         _check(problems, 0 <= self.quant_resi <= 1, f"--quant-resi must be in [0, 1], got {self.quant_resi}")
         _check(problems, self.share_quant_resi >= 0, f"--share-quant-resi must be >= 0, got {self.share_quant_resi}")
         for name in ("l1_weight", "l2_weight", "vq_weight", "lpips_weight", "disc_weight"):
-            _check(problems, getattr(self, name) >= 0, f"{_option(name)} must be >= 0, got {getattr(self, name)}")
+            _check(problems, getattr(self, name) >= 0, f"{option_flag(name)} must be >= 0, got {getattr(self, name)}")
         _check(problems, self.l1_weight + self.l2_weight + self.lpips_weight > 0,
                "at least one of --l1-weight, --l2-weight, --lpips-weight must be > 0 (a reconstruction loss)")
         _check(problems, self.lpips_weight == 0 or bool(self.lpips_weights),
@@ -314,7 +310,7 @@ class VARModelArguments:
                    f"--embed-dim {width} must be divisible by --num-heads {heads}")
         _check(problems, self.mlp_ratio > 0, f"--mlp-ratio must be > 0, got {self.mlp_ratio}")
         for name in ("dropout", "attention_dropout", "cond_drop_rate", "label_smoothing"):
-            _check(problems, 0 <= getattr(self, name) < 1, f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
+            _check(problems, 0 <= getattr(self, name) < 1, f"{option_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         _check(problems, self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
                f"--drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
         _check(problems, 0 <= self.progressive < 1, f"--progressive must be in [0, 1), got {self.progressive}")
