@@ -30,6 +30,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 import torch
 from transformers.utils import logging
 
+from var_hf.commands import option_flag  # light: argparse only
 from var_hf.configuration_var import VARTransformerConfig
 from var_hf.configuration_vqvae import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAEConfig
 
@@ -549,7 +550,7 @@ def check_overrides(patch_nums=None, quant_resi: float = 0.5, **overrides):
     for name in ("depth", "num_heads", "num_classes"):
         value = overrides.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConversionError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}.")
+            raise ConversionError(f"{option_flag(name)} must be an integer >= 1, got {value!r}.")
     eps = overrides.get("norm_eps")
     if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ConversionError(f"--norm-eps must be a finite number > 0, got {eps!r}.")
