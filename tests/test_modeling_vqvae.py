@@ -96,7 +96,9 @@ def test_decode_all_scales(vqvae, pixel_values):
     assert all(img.shape == pixel_values.shape for img in images)
     torch.testing.assert_close(images[-1], vqvae.decode_tokens(tokens), rtol=0, atol=0)
     assert not torch.allclose(images[0], images[-1]), "coarser prefixes should decode to different images"
-    torch.testing.assert_close(vqvae.reconstruct(pixel_values), vqvae.decode_tokens(tokens), rtol=0, atol=1e-6)
+    # The encoder's running sum and the sum rebuilt from the tokens are different float32 op sequences: equal up to
+    # rounding, which depends on the CPU's kernels (up to 3.2e-6 measured on an AVX2 CPU, within 1e-6 on other CPUs).
+    torch.testing.assert_close(vqvae.reconstruct(pixel_values), vqvae.decode_tokens(tokens), rtol=0, atol=2e-5)
 
 
 def test_teacher_forcing_matches_sampling_steps(vqvae, pixel_values):
