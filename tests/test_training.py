@@ -24,7 +24,7 @@ from var_hf.commands import tokenize_dataset as tokenize_cmd
 from var_hf.commands import train_var as train_var_cmd
 from var_hf.commands import train_vqvae as train_vqvae_cmd
 from var_hf.commands.train_var import build_parser
-from var_hf.training import arguments, checkpointing, losses, optimization, train_var, train_vqvae
+from var_hf.training import arguments, checkpointing, losses, optimization, trackers, train_var, train_vqvae
 
 from conftest import make_var_config, make_vqvae_config, needs_fmnist
 
@@ -424,6 +424,26 @@ def test_corrupt_or_incompatible_checkpoints_fail_loudly(tmp_path, vqvae_dir):
     assert not glob.glob(os.path.join(out, ".tmp-*"))
 
 
+@pytest.mark.parametrize("device_type, precision, native, warns", [
+    ("cpu", "bf16", False, True), ("cpu", "fp16", False, True), ("cpu", "fp16", True, True),
+    ("cpu", "bf16", True, False), ("cpu", "no", False, False), ("cuda", "bf16", False, False),
+])
+def test_autocast_the_cpu_emulates_is_named_with_its_fix(device_type, precision, native, warns):
+    message = trackers.emulated_autocast_warning(device_type, precision, native)
+    if not warns:
+        assert message is None
+    else:
+        assert f"--mixed_precision {precision}" in message and "--mixed_precision no" in message
+        assert "benchmarks/cpu_autocast.py" in message
+
+
+def test_native_bf16_probe_agrees_with_the_cpu_flags():
+    flags = {torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported()}
+    if flags == {False}:  # without either instruction set oneDNN cannot compute bf16 natively
+        assert not trackers.cpu_computes_bf16_natively()
+    assert trackers.cpu_computes_bf16_natively() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Real processes: SIGKILL + resume, and two processes against one
 # ----------------------------------------------------------------------------------------------------------------------
@@ -464,6 +484,25 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, vqvae_dir, when)
     ema = [load_file(os.path.join(d, "checkpoint-00000006", "ema.safetensors")) for d in (straight, killed)]
     assert ema[0].keys() == ema[1].keys() and all(torch.equal(ema[0][k], ema[1][k]) for k in ema[0])
     assert _train_losses(straight) == _train_losses(killed)
+
+
+def test_training_under_emulated_bf16_warns_before_the_first_step(tmp_path, vqvae_dir):
+    """A real `train_var.py --mixed_precision bf16` process on this CPU: the warning is logged before training starts
+    exactly when the CPU lacks native bf16; the run still trains and records the CPU it ran on."""
+    out = str(tmp_path / "bf16")
+    proc = subprocess.run(
+        [sys.executable, TRAIN_VAR_SCRIPT, *TINY_VAR, "--vqvae", vqvae_dir, "--max_steps", "1", "--validate_every",
+         "-1", "--mixed_precision", "bf16", "--output_dir", out],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    native = trackers.cpu_computes_bf16_natively()
+    assert ("without native bf16" in log) == (not native), log[-3000:]
+    if not native:
+        assert log.index("without native bf16") < log.index("steps 0->1")
+    environment = json.load(open(os.path.join(out, "training_config.json")))["environment"]
+    assert environment["mixed_precision"] == "bf16" and environment["cpu_native_bf16"] == native
 
 
 def test_two_processes_match_one_process(tmp_path, vqvae_dir):

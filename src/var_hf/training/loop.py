@@ -23,6 +23,7 @@ from var_hf.training.optimization import (
 )
 from var_hf.training.trackers import (
     Progress, build_accelerator, environment_info, init_trackers, reduce_mean, setup_logging, should,
+    warn_if_autocast_is_emulated,
 )
 
 logger = get_logger(__name__)
@@ -125,6 +126,7 @@ def train(stage: TrainingStage) -> int:
     accelerator = build_accelerator(args, stage.kwargs_handlers())
     stage.accelerator = accelerator
     setup_logging(accelerator, args.verbose)
+    warn_if_autocast_is_emulated(accelerator)
     stage.check_accelerator()
     grad_accum = args.gradient_accumulation_steps
     micro_batch = per_process_batch_size(args.batch_size, accelerator.num_processes, grad_accum)

@@ -14,11 +14,14 @@ from typing import Any, Dict, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DistributedType, ProjectConfiguration
 
 from var_hf.file_utils import library_versions, write_text_atomically
 from var_hf.training.arguments import TrainingArguments
+
+logger = get_logger(__name__)
 
 
 class JSONLinesTracker(GeneralTracker):
@@ -64,6 +67,40 @@ class JSONLinesTracker(GeneralTracker):
 def _has_accelerator_device() -> bool:
     accelerator_api = getattr(torch, "accelerator", None)  # torch >= 2.6
     return accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available()
+
+
+def cpu_computes_bf16_natively() -> bool:
+    """Whether this CPU runs bf16 matmuls and convolutions in hardware (AVX512-BF16 or AMX, as oneDNN reports).
+    Elsewhere (AVX2) oneDNN emulates them and bf16 autocast is many times slower than float32
+    (benchmarks/cpu_autocast.py)."""
+    mkldnn_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if mkldnn_check is not None:
+        return bool(mkldnn_check())
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def emulated_autocast_warning(device_type: str, mixed_precision: str, native_bf16: bool) -> Optional[str]:
+    """The start-up warning for autocast that this CPU emulates (None where there is nothing to say). Not an error:
+    the run is correct, only slow; and not switched to float32 silently, which would round differently."""
+    if device_type != "cpu" or mixed_precision not in ("bf16", "fp16"):
+        return None
+    if mixed_precision == "bf16" and native_bf16:
+        return None
+    return (
+        f"--mixed_precision {mixed_precision} on a CPU without native {mixed_precision} "
+        f"(capability {torch.backends.cpu.get_cpu_capability()}): its matmuls and convolutions are emulated, measured "
+        "11-18x slower per training step than float32 on a 2-core AVX2 CPU (python benchmarks/cpu_autocast.py "
+        "measures this machine). Pass --mixed_precision no (or accelerate launch --mixed_precision no) to train in "
+        "float32; weights then round differently from a run under autocast."
+    )
+
+
+def warn_if_autocast_is_emulated(accelerator: Accelerator):
+    message = emulated_autocast_warning(accelerator.device.type, accelerator.mixed_precision,
+                                        cpu_computes_bf16_natively())
+    if message is not None:
+        logger.warning(message, main_process_only=True)
 
 
 def build_accelerator(args: TrainingArguments, kwargs_handlers=None) -> Accelerator:
@@ -182,6 +219,8 @@ def environment_info(accelerator: Accelerator) -> Dict[str, Any]:
         "device": str(accelerator.device),
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_computes_bf16_natively(),
         **library_versions(),
         "command": " ".join(sys.argv),
     }
@@ -239,6 +278,8 @@ __all__ = [
     "Progress",
     "TqdmLoggingHandler",
     "build_accelerator",
+    "cpu_computes_bf16_natively",
+    "emulated_autocast_warning",
     "environment_info",
     "init_trackers",
     "is_fsdp",
@@ -246,4 +287,5 @@ __all__ = [
     "reduce_sum",
     "setup_logging",
     "should",
+    "warn_if_autocast_is_emulated",
 ]
