@@ -425,7 +425,7 @@ def test_corrupt_or_incompatible_checkpoints_fail_loudly(tmp_path, vqvae_dir):
 
 
 @pytest.mark.parametrize("device_type, precision, native, warns", [
-    ("cpu", "bf16", False, True), ("cpu", "fp16", False, True), ("cpu", "fp16", True, True),
+    ("cpu", "bf16", False, True), ("cpu", "fp16", False, True), ("cpu", "fp16", True, False),
     ("cpu", "bf16", True, False), ("cpu", "no", False, False), ("cuda", "bf16", False, False),
 ])
 def test_autocast_the_cpu_emulates_is_named_with_its_fix(device_type, precision, native, warns):
@@ -442,6 +442,8 @@ def test_native_bf16_probe_agrees_with_the_cpu_flags():
     if flags == {False}:  # without either instruction set oneDNN cannot compute bf16 natively
         assert not trackers.cpu_computes_bf16_natively()
     assert trackers.cpu_computes_bf16_natively() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert trackers.cpu_computes_natively("bf16") == trackers.cpu_computes_bf16_natively()
+    assert trackers.cpu_computes_natively("fp16") == torch.cpu._is_amx_fp16_supported()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

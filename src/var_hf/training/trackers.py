@@ -80,12 +80,19 @@ def cpu_computes_bf16_natively() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def emulated_autocast_warning(device_type: str, mixed_precision: str, native_bf16: bool) -> Optional[str]:
-    """The start-up warning for autocast that this CPU emulates (None where there is nothing to say). Not an error:
-    the run is correct, only slow; and not switched to float32 silently, which would round differently."""
-    if device_type != "cpu" or mixed_precision not in ("bf16", "fp16"):
-        return None
-    if mixed_precision == "bf16" and native_bf16:
+def cpu_computes_natively(mixed_precision: str) -> bool:
+    """Whether this CPU computes the autocast dtype of `mixed_precision` ("bf16" or "fp16") in hardware: bf16 with
+    AVX512-BF16 or AMX, fp16 with AMX-FP16."""
+    if mixed_precision == "bf16":
+        return cpu_computes_bf16_natively()
+    return bool(getattr(getattr(torch, "cpu", None), "_is_amx_fp16_supported", lambda: False)())
+
+
+def emulated_autocast_warning(device_type: str, mixed_precision: str, native: bool) -> Optional[str]:
+    """The start-up warning for autocast that this CPU emulates (None where there is nothing to say); `native`:
+    whether the CPU computes `mixed_precision`'s dtype in hardware. Not an error: the run is correct, only slow; and
+    not switched to float32 silently, which would round differently."""
+    if device_type != "cpu" or mixed_precision not in ("bf16", "fp16") or native:
         return None
     return (
         f"--mixed_precision {mixed_precision} on a CPU without native {mixed_precision} "
@@ -97,8 +104,10 @@ def emulated_autocast_warning(device_type: str, mixed_precision: str, native_bf1
 
 
 def warn_if_autocast_is_emulated(accelerator: Accelerator):
-    message = emulated_autocast_warning(accelerator.device.type, accelerator.mixed_precision,
-                                        cpu_computes_bf16_natively())
+    precision = accelerator.mixed_precision
+    if accelerator.device.type != "cpu" or precision not in ("bf16", "fp16"):
+        return
+    message = emulated_autocast_warning("cpu", precision, cpu_computes_natively(precision))
     if message is not None:
         logger.warning(message, main_process_only=True)
 
@@ -279,6 +288,7 @@ __all__ = [
     "TqdmLoggingHandler",
     "build_accelerator",
     "cpu_computes_bf16_natively",
+    "cpu_computes_natively",
     "emulated_autocast_warning",
     "environment_info",
     "init_trackers",
