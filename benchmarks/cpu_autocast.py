@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from var_hf import DEFAULT_MODEL, MultiScaleVQVAE, MultiScaleVQVAEConfig, VARTransformer, VARTransformerConfig
-from var_hf.training.trackers import cpu_computes_bf16_natively
+from var_hf.file_utils import cpu_computes_natively
 
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -77,7 +77,7 @@ def main(argv=None):
     vqvae_config = MultiScaleVQVAEConfig.from_pretrained(DEFAULT_MODEL, subfolder="vqvae")
     var_config = VARTransformerConfig.from_pretrained(DEFAULT_MODEL, subfolder="transformer")
     capability = torch.backends.cpu.get_cpu_capability()
-    print(f"CPU capability {capability}, native bf16 {cpu_computes_bf16_natively()}, {args.threads} threads, "
+    print(f"CPU capability {capability}, native bf16 {cpu_computes_natively('bf16')}, {args.threads} threads, "
           f"torch {torch.__version__}, batch {args.batch_size}, {args.repeats} timed steps after one warm-up")
     print(f"{'stage':<8} {'precision':<14} {'s/step':>8} {'vs float32':>11}")
     g = torch.Generator().manual_seed(0)

@@ -17,6 +17,7 @@ import PIL.Image
 import pytest
 import torch
 
+from var_hf import commands
 from var_hf.commands import CLIArgumentParser, UsageError, run_command, var_hf_cli
 from var_hf.commands.generate import main as generate_main
 
@@ -276,6 +277,42 @@ def test_generate_bad_input(model_dir, tmp_path, capsys, flags, needle):
     err = capsys.readouterr().err
     assert err.startswith("var-hf generate: error: ") and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device, dtype, native, warns", [
+    ("cpu", "bfloat16", False, True), ("cpu", "float16", False, True), ("cpu", "bfloat16", True, False),
+    ("cpu", "float32", False, False), ("cuda", "bfloat16", False, False), ("cuda:0", "float16", False, False),
+])
+def test_a_dtype_the_cpu_emulates_is_named_with_its_fix(monkeypatch, device, dtype, native, warns):
+    import var_hf.file_utils
+
+    monkeypatch.setattr(var_hf.file_utils, "cpu_computes_natively", lambda precision: native)  # the hardware probe
+    message = commands.emulated_dtype_warning(device, dtype)
+    assert (message is not None) == warns
+    if warns:
+        assert message.startswith(f"warning: --dtype {dtype} on a CPU without native {dtype}")
+        assert "Leave out --dtype" in message
+
+
+def test_generate_in_bfloat16_on_this_cpu_warns_iff_emulated_and_still_samples(model_dir, tmp_path, capsys):
+    from var_hf.file_utils import cpu_computes_natively
+
+    assert generate(model_dir, tmp_path / "out", "--label", 0, "--dtype", "bfloat16", "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    assert ("--dtype bfloat16 on a CPU without native bfloat16" in err) == (not cpu_computes_natively("bfloat16"))
+    assert len(pngs(tmp_path / "out")) == 2  # the image and the grid
+
+
+def test_evaluate_in_bfloat16_on_this_cpu_warns_iff_emulated_before_sampling(model_dir, tmp_path, capsys):
+    from var_hf.commands.evaluate import main as evaluate_main
+    from var_hf.file_utils import cpu_computes_natively
+
+    out = tmp_path / "eval"
+    assert evaluate_main(["--model", str(model_dir), "--output-dir", str(out), "--no-metrics", "--num-per-class", "1",
+                          "--dtype", "bfloat16", "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert ("--dtype bfloat16 on a CPU without native bfloat16" in err) == (not cpu_computes_natively("bfloat16"))
+    assert any(name.endswith(".npz") for name in os.listdir(out))
 
 
 def test_out_under_a_file(model_dir, tmp_path, capsys):

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from var_hf import MultiScaleVQVAE, VARTransformer
 from var_hf.data import ImageTransform, load_fashion_mnist
+from var_hf.file_utils import cpu_computes_natively
 from var_hf.commands import UsageError
 from var_hf.commands import tokenize_dataset as tokenize_cmd
 from var_hf.commands import train_var as train_var_cmd
@@ -440,10 +441,12 @@ def test_autocast_the_cpu_emulates_is_named_with_its_fix(device_type, precision,
 def test_native_bf16_probe_agrees_with_the_cpu_flags():
     flags = {torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported()}
     if flags == {False}:  # without either instruction set oneDNN cannot compute bf16 natively
-        assert not trackers.cpu_computes_bf16_natively()
-    assert trackers.cpu_computes_bf16_natively() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert trackers.cpu_computes_natively("bf16") == trackers.cpu_computes_bf16_natively()
-    assert trackers.cpu_computes_natively("fp16") == torch.cpu._is_amx_fp16_supported()
+        assert not cpu_computes_natively("bf16")
+    assert cpu_computes_natively("bf16") == cpu_computes_natively("bfloat16")
+    assert cpu_computes_natively("bf16") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert cpu_computes_natively("fp16") == cpu_computes_natively("float16") == torch.cpu._is_amx_fp16_supported()
+    with pytest.raises(ValueError, match="bf16, bfloat16, fp16 or float16"):
+        cpu_computes_natively("float32")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -499,7 +502,7 @@ def test_training_under_emulated_bf16_warns_before_the_first_step(tmp_path, vqva
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    native = trackers.cpu_computes_bf16_natively()
+    native = cpu_computes_natively("bf16")
     assert ("without native bf16" in log) == (not native), log[-3000:]
     if not native:
         assert log.index("without native bf16") < log.index("steps 0->1")

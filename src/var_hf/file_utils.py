@@ -117,8 +117,27 @@ def default_device(device: Optional[str] = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_computes_natively(precision: str) -> bool:
+    """Whether this CPU computes `precision` ("bf16"/"bfloat16" or "fp16"/"float16") in hardware, as oneDNN and
+    PyTorch report: bf16 with AVX512-BF16 or AMX, fp16 with AMX-FP16. Elsewhere (AVX2) those matmuls and convolutions
+    are emulated, many times slower than float32 (benchmarks/cpu_autocast.py)."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    if precision in ("bf16", "bfloat16"):
+        mkldnn_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        if mkldnn_check is not None:
+            return bool(mkldnn_check())
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
+                                                                          "_is_amx_tile_supported"))
+    if precision in ("fp16", "float16"):
+        return bool(getattr(cpu, "_is_amx_fp16_supported", lambda: False)())
+    raise ValueError(f"precision must be bf16, bfloat16, fp16 or float16, got {precision!r}")
+
+
 __all__ = [
     "atomic_write",
+    "cpu_computes_natively",
     "default_device",
     "file_digest",
     "library_versions",

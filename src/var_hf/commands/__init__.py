@@ -124,6 +124,22 @@ def configure_logging(verbose: bool = False):
     logging.getLogger("accelerate").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def emulated_dtype_warning(device: str, dtype: str) -> Optional[str]:
+    """The warning for `--dtype bfloat16/float16` on a CPU that emulates that type (None where there is nothing to
+    say): the run is correct but slow, so it is said, not refused."""
+    import torch
+
+    from var_hf.file_utils import cpu_computes_natively
+
+    if torch.device(device).type != "cpu" or dtype == "float32" or cpu_computes_natively(dtype):
+        return None
+    return (
+        f"warning: --dtype {dtype} on a CPU without native {dtype} (capability "
+        f"{torch.backends.cpu.get_cpu_capability()}): emulated, measured 5-6x slower sampling than float32 on a 2-core "
+        "AVX2 CPU. Leave out --dtype (float32 is the default) to sample at full speed."
+    )
+
+
 def debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
 
@@ -176,6 +192,7 @@ __all__ = [
     "add_common_arguments",
     "configure_logging",
     "debug_requested",
+    "emulated_dtype_warning",
     "normalize_option_spelling",
     "raise_usage_errors",
     "run_command",

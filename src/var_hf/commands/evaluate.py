@@ -14,8 +14,8 @@ import sys
 from typing import List, Optional
 
 from var_hf.commands import (
-    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, option_flag, run_parsed_command,
-    temperature_argument,
+    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, emulated_dtype_warning, option_flag,
+    run_parsed_command, temperature_argument,
 )
 
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")  # var_hf.data.FASHION_MNIST_NAMES, without importing torch
@@ -76,7 +76,8 @@ def add_arguments(parser):
     features.add_argument("--feature-batch-size", type=int, default=64, help="images per feature-extractor call")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="pipeline weights dtype (bfloat16/float16 are for GPUs)")
+                        help="pipeline weights dtype (bfloat16/float16 are for GPUs; a CPU without native support "
+                        "emulates them, slowly)")
     parser.add_argument("--no-metrics", action="store_true", help="only sample and write the .npz")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -155,6 +156,9 @@ def run(args) -> int:
     from var_hf.file_utils import default_device
 
     device = torch.device(default_device(args.device))
+    dtype_warning = None if args.real_images is not None else emulated_dtype_warning(str(device), args.dtype)
+    if dtype_warning is not None:
+        print(dtype_warning, file=sys.stderr)
     extractor = None
     if not args.no_metrics:  # fail on missing weights before loading the model or sampling
         kind, folder = _feature_extractor(args)

@@ -14,7 +14,8 @@ import time
 from typing import List, Optional
 
 from var_hf.commands import (
-    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, run_parsed_command, temperature_argument,
+    CLIArgumentParser, UsageError, add_common_arguments, configure_logging, emulated_dtype_warning, run_parsed_command,
+    temperature_argument,
 )
 
 # The files a run writes: `NNNN_<class id>_<slug>.png`, its scale strip, the grid, and the temporary files of
@@ -51,7 +52,8 @@ def build_parser(prog: str = "var-hf generate") -> CLIArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="weights dtype; bfloat16/float16 are for GPUs")
+                        help="weights dtype; bfloat16/float16 are for GPUs (a CPU without native support emulates "
+                        "them, slowly)")
     parser.add_argument("--fast-path", choices=("auto", "on", "off"), default="auto",
                         help="per-scale CUDA graphs and sort-free top-k/top-p (same images); auto = the pipeline's "
                              "default")
@@ -165,6 +167,9 @@ def run(args) -> int:
 
     imported = time.perf_counter()
     device = default_device(args.device)
+    dtype_warning = emulated_dtype_warning(device, args.dtype)
+    if dtype_warning is not None:
+        print(dtype_warning, file=sys.stderr)
     if args.refiner is not None:
         from var_hf.pipelines import VARCollaborativePipeline
 

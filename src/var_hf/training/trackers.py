@@ -18,7 +18,7 @@ from accelerate.logging import get_logger
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DistributedType, ProjectConfiguration
 
-from var_hf.file_utils import library_versions, write_text_atomically
+from var_hf.file_utils import cpu_computes_natively, library_versions, write_text_atomically
 from var_hf.training.arguments import TrainingArguments
 
 logger = get_logger(__name__)
@@ -67,25 +67,6 @@ class JSONLinesTracker(GeneralTracker):
 def _has_accelerator_device() -> bool:
     accelerator_api = getattr(torch, "accelerator", None)  # torch >= 2.6
     return accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available()
-
-
-def cpu_computes_bf16_natively() -> bool:
-    """Whether this CPU runs bf16 matmuls and convolutions in hardware (AVX512-BF16 or AMX, as oneDNN reports).
-    Elsewhere (AVX2) oneDNN emulates them and bf16 autocast is many times slower than float32
-    (benchmarks/cpu_autocast.py)."""
-    mkldnn_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if mkldnn_check is not None:
-        return bool(mkldnn_check())
-    cpu = getattr(torch, "cpu", None)
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def cpu_computes_natively(mixed_precision: str) -> bool:
-    """Whether this CPU computes the autocast dtype of `mixed_precision` ("bf16" or "fp16") in hardware: bf16 with
-    AVX512-BF16 or AMX, fp16 with AMX-FP16."""
-    if mixed_precision == "bf16":
-        return cpu_computes_bf16_natively()
-    return bool(getattr(getattr(torch, "cpu", None), "_is_amx_fp16_supported", lambda: False)())
 
 
 def emulated_autocast_warning(device_type: str, mixed_precision: str, native: bool) -> Optional[str]:
@@ -229,7 +210,7 @@ def environment_info(accelerator: Accelerator) -> Dict[str, Any]:
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_computes_bf16_natively(),
+        "cpu_native_bf16": cpu_computes_natively("bf16"),
         **library_versions(),
         "command": " ".join(sys.argv),
     }
@@ -287,8 +268,6 @@ __all__ = [
     "Progress",
     "TqdmLoggingHandler",
     "build_accelerator",
-    "cpu_computes_bf16_natively",
-    "cpu_computes_natively",
     "emulated_autocast_warning",
     "environment_info",
     "init_trackers",
