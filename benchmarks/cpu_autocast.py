@@ -16,11 +16,11 @@ CPU reports (capability, native bf16).
 
 import argparse
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
 
+from bench_var import random_training_batch, timed
 from var_hf import DEFAULT_MODEL, MultiScaleVQVAE, MultiScaleVQVAEConfig, VARTransformer, VARTransformerConfig
 from var_hf.file_utils import cpu_computes_natively
 
@@ -52,14 +52,6 @@ def var_step(model: VARTransformer, optimizer, batch, precision: str):
     optimizer.zero_grad(set_to_none=True)
 
 
-def seconds_per_step(step, repeats: int) -> float:
-    step()  # warm-up: first-call allocations and kernel selection
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", nargs="+", choices=list(AUTOCAST_DTYPES), default=["no", "bf16", "fp16"],
@@ -81,24 +73,22 @@ def main(argv=None):
           f"torch {torch.__version__}, batch {args.batch_size}, {args.repeats} timed steps after one warm-up")
     print(f"{'stage':<8} {'precision':<14} {'s/step':>8} {'vs float32':>11}")
     g = torch.Generator().manual_seed(0)
-    side = vqvae_config.patch_nums[-1] * 2 ** (len(vqvae_config.channel_multipliers) - 1)
     for stage in args.stages:
         baseline = None
         for precision in precisions:
             torch.manual_seed(0)
             if stage == "vqvae":
                 model = MultiScaleVQVAE(vqvae_config).train()
+                side = vqvae_config.image_size
                 pixel_values = torch.rand(args.batch_size, 3, side, side, generator=g) * 2 - 1
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-                seconds = seconds_per_step(lambda: vqvae_step(model, optimizer, pixel_values, precision), args.repeats)
+                step = lambda: vqvae_step(model, optimizer, pixel_values, precision)  # noqa: E731
             else:
                 model = VARTransformer(var_config).train()
-                c = var_config
-                batch = (torch.randint(0, c.num_classes, (args.batch_size,), generator=g),
-                         torch.randn(args.batch_size, c.seq_len - c.first_len, c.vq_embed_dim, generator=g),
-                         torch.randint(0, c.vocab_size, (args.batch_size, c.seq_len), generator=g))
+                batch = random_training_batch(var_config, args.batch_size, torch.device("cpu"))
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-                seconds = seconds_per_step(lambda: var_step(model, optimizer, batch, precision), args.repeats)
+                step = lambda: var_step(model, optimizer, batch, precision)  # noqa: E731
+            seconds = timed(step, torch.device("cpu"), args.repeats)[0]  # one warm-up step, then the timed ones
             baseline = baseline or seconds
             name = "float32" if precision == "no" else f"{precision} autocast"
             print(f"{stage:<8} {name:<14} {seconds:>8.3f} {seconds / baseline:>10.2f}x", flush=True)

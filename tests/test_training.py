@@ -429,8 +429,11 @@ def test_corrupt_or_incompatible_checkpoints_fail_loudly(tmp_path, vqvae_dir):
     ("cpu", "bf16", False, True), ("cpu", "fp16", False, True), ("cpu", "fp16", True, False),
     ("cpu", "bf16", True, False), ("cpu", "no", False, False), ("cuda", "bf16", False, False),
 ])
-def test_autocast_the_cpu_emulates_is_named_with_its_fix(device_type, precision, native, warns):
-    message = trackers.emulated_autocast_warning(device_type, precision, native)
+def test_autocast_the_cpu_emulates_is_named_with_its_fix(monkeypatch, device_type, precision, native, warns):
+    import var_hf.file_utils
+
+    monkeypatch.setattr(var_hf.file_utils, "cpu_computes_natively", lambda precision: native)  # the hardware probe
+    message = trackers.emulated_autocast_warning(device_type, precision)
     if not warns:
         assert message is None
     else:

@@ -135,8 +135,20 @@ def cpu_computes_natively(precision: str) -> bool:
     raise ValueError(f"precision must be bf16, bfloat16, fp16 or float16, got {precision!r}")
 
 
+def cpu_emulates(device, precision: str) -> bool:
+    """Whether running in `precision` on `device` means emulation: `device` is the CPU and `precision` is a
+    reduced one ("bf16"/"bfloat16"/"fp16"/"float16") that `cpu_computes_natively` says it has no hardware for.
+    False for float32 ("no", "float32") and for every other device."""
+    import torch
+
+    if torch.device(device).type != "cpu" or precision not in ("bf16", "bfloat16", "fp16", "float16"):
+        return False
+    return not cpu_computes_natively(precision)
+
+
 __all__ = [
     "atomic_write",
+    "cpu_emulates",
     "cpu_computes_natively",
     "default_device",
     "file_digest",

@@ -129,9 +129,9 @@ def emulated_dtype_warning(device: str, dtype: str) -> Optional[str]:
     say): the run is correct but slow, so it is said, not refused."""
     import torch
 
-    from var_hf.file_utils import cpu_computes_natively
+    from var_hf.file_utils import cpu_emulates
 
-    if torch.device(device).type != "cpu" or dtype == "float32" or cpu_computes_natively(dtype):
+    if not cpu_emulates(device, dtype):
         return None
     return (
         f"warning: --dtype {dtype} on a CPU without native {dtype} (capability "

@@ -18,7 +18,7 @@ from accelerate.logging import get_logger
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DistributedType, ProjectConfiguration
 
-from var_hf.file_utils import cpu_computes_natively, library_versions, write_text_atomically
+from var_hf.file_utils import cpu_computes_natively, cpu_emulates, library_versions, write_text_atomically
 from var_hf.training.arguments import TrainingArguments
 
 logger = get_logger(__name__)
@@ -69,11 +69,10 @@ def _has_accelerator_device() -> bool:
     return accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available()
 
 
-def emulated_autocast_warning(device_type: str, mixed_precision: str, native: bool) -> Optional[str]:
-    """The start-up warning for autocast that this CPU emulates (None where there is nothing to say); `native`:
-    whether the CPU computes `mixed_precision`'s dtype in hardware. Not an error: the run is correct, only slow; and
-    not switched to float32 silently, which would round differently."""
-    if device_type != "cpu" or mixed_precision not in ("bf16", "fp16") or native:
+def emulated_autocast_warning(device, mixed_precision: str) -> Optional[str]:
+    """The start-up warning for autocast that this CPU emulates (None where there is nothing to say). Not an error:
+    the run is correct, only slow; and not switched to float32 silently, which would round differently."""
+    if not cpu_emulates(device, mixed_precision):
         return None
     return (
         f"--mixed_precision {mixed_precision} on a CPU without native {mixed_precision} "
@@ -85,10 +84,7 @@ def emulated_autocast_warning(device_type: str, mixed_precision: str, native: bo
 
 
 def warn_if_autocast_is_emulated(accelerator: Accelerator):
-    precision = accelerator.mixed_precision
-    if accelerator.device.type != "cpu" or precision not in ("bf16", "fp16"):
-        return
-    message = emulated_autocast_warning("cpu", precision, cpu_computes_natively(precision))
+    message = emulated_autocast_warning(accelerator.device, accelerator.mixed_precision)
     if message is not None:
         logger.warning(message, main_process_only=True)
 
